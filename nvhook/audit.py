@@ -1,0 +1,61 @@
+"""One JSON line per decision, appended under ``flock`` so concurrent hooks never interleave."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from nvhook import __version__
+from nvhook.engine import Evaluation
+from nvhook.request import to_json
+
+# Kubernetes names as CRI-O and containerd put them on the container.
+_NAMESPACE_KEYS = ("io.kubernetes.pod.namespace", "io.kubernetes.cri.sandbox-namespace")
+_POD_KEYS = ("io.kubernetes.pod.name", "io.kubernetes.cri.sandbox-name")
+
+
+def record(evaluation: Evaluation, container_id: str, stage: str,
+           annotations: Mapping[str, str]) -> dict[str, Any]:
+    d = evaluation.decision
+    return {
+        "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+        "container": container_id,
+        "namespace": _first(annotations, _NAMESPACE_KEYS),
+        "pod": _first(annotations, _POD_KEYS),
+        "stage": stage,
+        "request": to_json(evaluation.request),
+        "decision": d.outcome.value,
+        "granted": list(d.granted),
+        "reasons": d.reasons,
+        "mode": d.policy.mode.value,
+        "rule": d.policy.rule,
+        "version": __version__,
+        "duration_ms": round(evaluation.seconds * 1000, 3),
+    }
+
+
+def append(path: str, entry: Mapping[str, Any]) -> None:
+    """Append one line. Raises OSError; the caller reports it without failing the container."""
+    line = (json.dumps(entry, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+    target = Path(path)
+    target.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+    fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        view = memoryview(line)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)  # also drops the lock
+
+
+def _first(annotations: Mapping[str, str], keys: tuple[str, ...]) -> str | None:
+    for key in keys:
+        if annotations.get(key):
+            return annotations[key]
+    return None

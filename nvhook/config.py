@@ -1,0 +1,258 @@
+"""nvhook's TOML file -> a frozen ``Config``. Every error names the file, the key and the problem.
+
+Read with stdlib ``tomllib``: it is cheap, and the hook reads this file for every
+container that asks for a GPU. tomlkit is only for editing files users own.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from nvhook.errors import ConfigError
+from nvhook.policy import POLICY_KEYS, Policy, Rule, effective
+
+DEFAULT_PATH = Path("/etc/nvhook/config.toml")
+CONFIG_ENV = "NVHOOK_CONFIG"
+# The only PATH nvhook ever hands to a child: never the caller's, never the container's.
+SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+DELEGATE_CANDIDATES = ("nvidia-container-runtime-hook", "nvidia-container-toolkit")
+DEFAULT_AUDIT_PATH = "/var/log/nvhook/audit.jsonl"
+
+
+class InventorySource(StrEnum):
+    NVML = "nvml"
+    FILE = "file"
+
+
+@dataclass(frozen=True)
+class InventorySettings:
+    source: InventorySource = InventorySource.NVML
+    file: Path | None = None
+    timeout: float = 5.0
+
+
+@dataclass(frozen=True)
+class DelegateSettings:
+    path: str | None = None  # None: look up DELEGATE_CANDIDATES; "": policy only
+    args: tuple[str, ...] = ("prestart",)
+    env: tuple[str, ...] = (f"PATH={SAFE_PATH}",)
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path | None = None  # None: built-in defaults
+    policy: Policy = field(default_factory=Policy)
+    rules: tuple[Rule, ...] = ()
+    inventory: InventorySettings = field(default_factory=InventorySettings)
+    delegate: DelegateSettings = field(default_factory=DelegateSettings)
+    audit_path: str = DEFAULT_AUDIT_PATH
+    runtime_path: str = "runc"
+    swarm_resource: tuple[str, ...] = ()
+
+    def policy_for(self, annotations: Mapping[str, str]) -> Policy:
+        return effective(self.policy, self.rules, annotations)
+
+
+def config_path(explicit: str | None, environ: Mapping[str, str] = os.environ) -> tuple[Path, bool]:
+    """(path, explicitly named). An explicit file must exist; the default may be absent."""
+    if explicit:
+        return Path(explicit), True
+    if environ.get(CONFIG_ENV):
+        return Path(environ[CONFIG_ENV]), True
+    return DEFAULT_PATH, False
+
+
+def load(explicit: str | None = None, environ: Mapping[str, str] = os.environ) -> Config:
+    path, named = config_path(explicit, environ)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        if named:
+            raise ConfigError(f"{path}: config file not found") from None
+        return Config()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config file: {e.strerror}") from None
+    return parse(data, path)
+
+
+def parse(data: bytes, path: Path) -> Config:
+    try:
+        doc = tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 at byte {e.start}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: invalid TOML: {e}") from None
+    return _Reader(path).config(doc)
+
+
+class _Reader:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def fail(self, key: str, problem: str) -> ConfigError:
+        return ConfigError(f"{self.path}: {key}: {problem}")
+
+    def config(self, doc: dict[str, Any]) -> Config:
+        self.only(doc, "", {"version", "policy", "inventory", "delegate", "audit", "runtime",
+                            "request"})
+        version = doc.get("version", 1)
+        if version != 1 or isinstance(version, bool):
+            raise self.fail("version", f"unsupported version {version!r} (expected 1)")
+        policy_doc = self.table(doc, "policy")
+        rules_doc = policy_doc.pop("rules", [])
+        policy = Policy(**self.policy_fields(policy_doc, "policy"))
+        return Config(
+            path=self.path,
+            policy=policy,
+            rules=self.rules(rules_doc),
+            inventory=self.inventory(self.table(doc, "inventory")),
+            delegate=self.delegate(self.table(doc, "delegate")),
+            audit_path=self.string(self.table(doc, "audit"), "path", "audit", DEFAULT_AUDIT_PATH),
+            runtime_path=self.runtime(self.table(doc, "runtime")),
+            swarm_resource=self.swarm_resource(self.table(doc, "request")),
+        )
+
+    def policy_fields(self, doc: dict[str, Any], where: str) -> dict[str, Any]:
+        self.only(doc, where, set(POLICY_KEYS))
+        fields: dict[str, Any] = {}
+        for key, value in doc.items():
+            at = f"{where}.{key}"
+            kind = POLICY_KEYS[key]
+            if kind is tuple:
+                fields[key.replace("-", "_")] = tuple(self.uuid_list(value, at))
+            elif isinstance(kind, tuple):
+                fields[key.replace("-", "_")] = tuple(self.choices_list(value, at, kind))
+            else:
+                fields[key.replace("-", "_")] = self.choice(value, at, kind)
+        return fields
+
+    def rules(self, value: Any) -> tuple[Rule, ...]:
+        if not isinstance(value, list):
+            raise self.fail("policy.rules", "expected an array of tables ([[policy.rules]])")
+        rules = []
+        for i, doc in enumerate(value):
+            at = f"policy.rules[{i}]"
+            if not isinstance(doc, dict):
+                raise self.fail(at, "expected a table")
+            doc = dict(doc)
+            name = doc.pop("name", f"rules[{i}]")
+            if not isinstance(name, str):
+                raise self.fail(f"{at}.name", "expected a string")
+            match = doc.pop("match", None)
+            if not isinstance(match, dict) or set(match) != {"annotations"}:
+                raise self.fail(f"{at}.match", "expected a table with only 'annotations'")
+            annotations = match["annotations"]
+            if not isinstance(annotations, dict) or not annotations:
+                raise self.fail(f"{at}.match.annotations", "expected a non-empty table of regexes")
+            patterns = []
+            for key, regex in annotations.items():
+                if not isinstance(regex, str):
+                    raise self.fail(f"{at}.match.annotations.{key}", "expected a regex string")
+                try:
+                    patterns.append((key, re.compile(regex)))
+                except re.error as e:
+                    raise self.fail(f"{at}.match.annotations.{key}", f"bad regex: {e}") from None
+            overrides = self.policy_fields(doc, at)
+            rules.append(Rule(name, tuple(patterns), overrides))
+        return tuple(rules)
+
+    def inventory(self, doc: dict[str, Any]) -> InventorySettings:
+        self.only(doc, "inventory", {"source", "file", "timeout"})
+        source = self.choice(doc.get("source", "nvml"), "inventory.source", InventorySource)
+        file = doc.get("file")
+        if file is not None and (not isinstance(file, str) or not file):
+            raise self.fail("inventory.file", "expected a non-empty path string")
+        if source is InventorySource.FILE and file is None:
+            raise self.fail("inventory.file", 'required when inventory.source = "file"')
+        timeout = doc.get("timeout", 5.0)
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not (
+            0 < timeout <= 600
+        ):
+            raise self.fail("inventory.timeout", f"expected seconds in (0, 600], got {timeout!r}")
+        return InventorySettings(source, Path(file) if file else None, float(timeout))
+
+    def delegate(self, doc: dict[str, Any]) -> DelegateSettings:
+        self.only(doc, "delegate", {"path", "args", "env"})
+        path = doc.get("path")
+        if path is not None and not isinstance(path, str):
+            raise self.fail("delegate.path", "expected a string")
+        if path and not os.path.isabs(path) and "/" in path:
+            raise self.fail("delegate.path", "expected an absolute path or a bare command name")
+        args = self.strings(doc.get("args", ["prestart"]), "delegate.args")
+        env = self.strings(doc.get("env", [f"PATH={SAFE_PATH}"]), "delegate.env")
+        for i, entry in enumerate(env):
+            if "=" not in entry:
+                raise self.fail(f"delegate.env[{i}]", f"expected NAME=VALUE, got {entry!r}")
+        return DelegateSettings(path, tuple(args), tuple(env))
+
+    def runtime(self, doc: dict[str, Any]) -> str:
+        self.only(doc, "runtime", {"path"})
+        path = self.string(doc, "path", "runtime", "runc")
+        if not path:
+            raise self.fail("runtime.path", "must not be empty")
+        return path
+
+    def swarm_resource(self, doc: dict[str, Any]) -> tuple[str, ...]:
+        self.only(doc, "request", {"swarm-resource"})
+        value = doc.get("swarm-resource", [])
+        # NVIDIA's own config takes one comma-separated string; accept both shapes.
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        names = self.strings(value, "request.swarm-resource")
+        for name in names:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+                raise self.fail("request.swarm-resource", f"{name!r} is not an env variable name")
+        return tuple(names)
+
+    # -- primitives --------------------------------------------------------
+
+    def table(self, doc: dict[str, Any], key: str) -> dict[str, Any]:
+        value = doc.get(key, {})
+        if not isinstance(value, dict):
+            raise self.fail(key, "expected a table")
+        return dict(value)
+
+    def only(self, doc: dict[str, Any], where: str, allowed: set[str]) -> None:
+        for key in doc:
+            if key not in allowed:
+                full = f"{where}.{key}" if where else key
+                raise self.fail(full, f"unknown key (expected one of {', '.join(sorted(allowed))})")
+
+    def choice(self, value: Any, at: str, kind: type[StrEnum]) -> Any:
+        try:
+            return kind(value)
+        except ValueError:
+            allowed = ", ".join(repr(v.value) for v in kind)
+            raise self.fail(at, f"expected one of {allowed}, got {value!r}") from None
+
+    def choices_list(self, value: Any, at: str, allowed: tuple[str, ...]) -> list[str]:
+        items = self.strings(value, at)
+        for item in items:
+            if item not in allowed:
+                raise self.fail(at, f"unknown capability {item!r} (known: {', '.join(allowed)})")
+        return list(dict.fromkeys(items))
+
+    def uuid_list(self, value: Any, at: str) -> list[str]:
+        items = self.strings(value, at)
+        for item in items:
+            if item[:4].upper() not in ("GPU-", "MIG-"):
+                raise self.fail(at, f"expected GPU-/MIG- UUIDs, got {item!r}")
+        return items
+
+    def strings(self, value: Any, at: str) -> list[str]:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise self.fail(at, f"expected an array of strings, got {value!r}")
+        return list(value)
+
+    def string(self, doc: dict[str, Any], key: str, where: str, default: str) -> str:
+        value = doc.get(key, default)
+        if not isinstance(value, str):
+            raise self.fail(f"{where}.{key}", f"expected a string, got {value!r}")
+        return value

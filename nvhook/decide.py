@@ -1,0 +1,410 @@
+"""``decide(request, inventory, policy, spec) -> Decision``: pure, and a truth table.
+
+Each channel is judged on its own and, on a rewrite, shrunk in place to what it
+may keep: the env to one canonical ``NVIDIA_VISIBLE_DEVICES`` (UUIDs in request
+order, or ``none``, or ``void``), device mounts to pinned UUID destinations, CDI
+annotations to their granted names. A channel is never moved to another one,
+so NVIDIA's own channel settings keep meaning what the operator set them to.
+Denying writes ``void``; deleting the variable would re-enable the legacy ``all``.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from nvhook.errors import InventoryError
+from nvhook.inventory import Device, Gpu, IdForm, Inventory, MigDevice, Resolution, Unresolved
+from nvhook.policy import AllRule, DeviceNodes, Indices, MigConfig, Mode, Policy, Trust
+from nvhook.request import (
+    DRIVER_CAPABILITIES,
+    MIG_CONFIG_DEVICES,
+    MIG_MONITOR_DEVICES,
+    VISIBLE_DEVICES,
+    Kind,
+    Request,
+    cdi_device_name,
+    device_mount_id,
+    is_gpu_node,
+)
+from nvhook.spec import DEVICE_MOUNT_ROOT, Spec
+
+GPU_CDI_KIND = "nvidia.com/gpu"
+# CDI kinds of NVIDIA's that attach no GPU and so are not judged here.
+_NON_GPU_CDI_KINDS = ("nvidia.com/imex-channel",)
+
+
+class Outcome(StrEnum):
+    SKIP = "skip"  # nothing asked for: get out of the way
+    ALLOW = "allow"  # hand over unchanged
+    REWRITE = "rewrite"  # hand over the edited spec
+    DENY = "deny"
+
+
+@dataclass(frozen=True)
+class Violation:
+    label: str  # the variable (or mount, annotation) and its value
+    problem: str
+    rule: str
+    # False when no edit of the spec can undo it, so rewrite mode must deny too.
+    fixable: bool = field(default=True, compare=False)
+
+    def __str__(self) -> str:
+        return f"{self.label}: {self.problem} ({self.rule})"
+
+
+@dataclass(frozen=True)
+class Decision:
+    outcome: Outcome
+    policy: Policy
+    granted: tuple[str, ...] = ()
+    violations: tuple[Violation, ...] = ()
+    # The whole edited document, only for REWRITE.
+    doc: dict[str, Any] | None = field(default=None, compare=False)
+    env: tuple[str, ...] = ()  # process.env after the decision
+
+    @property
+    def reasons(self) -> list[str]:
+        return [str(v) for v in self.violations]
+
+    @property
+    def denial(self) -> str:
+        """The one line a runtime shows when the container is refused."""
+        first = str(self.violations[0]) if self.violations else "denied"
+        more = len(self.violations) - 1
+        return f"{first} (and {more} more)" if more > 0 else first
+
+
+def needs_inventory(request: Request) -> bool:
+    """Only device ids need NVML; ``none``, ``void`` and unset never touch it."""
+    return (
+        request.env.devices.kind in (Kind.ALL, Kind.DEVICES)
+        or bool(request.mounts)
+        or any(_is_gpu_cdi(c.name) for c in request.nvidia_cdi)
+    )
+
+
+def decide(request: Request, inventory: Inventory | InventoryError, policy: Policy,
+           spec: Spec) -> Decision:
+    if not request.asks_for_devices:
+        return Decision(Outcome.SKIP, policy, env=spec.env)
+    if isinstance(inventory, InventoryError):
+        if needs_inventory(request):
+            failed = Violation(_first_label(request), f"GPU inventory unavailable: {inventory}",
+                               "fail closed")
+            return Decision(Outcome.DENY, policy, violations=(failed,), env=spec.env)
+        inventory = Inventory((), (), None, source="none")
+    return _Judge(request, inventory, policy, spec).decide()
+
+
+class _Judge:
+    def __init__(self, request: Request, inventory: Inventory, policy: Policy, spec: Spec):
+        self.request = request
+        self.inventory = inventory
+        self.policy = policy
+        self.spec = spec
+        self.violations: list[Violation] = []
+        # What NVIDIA's stack would attach if nothing were changed (for audit).
+        self.requested: dict[str, None] = {}
+
+    def violate(self, label: str, problem: str, rule: str, fixable: bool = True) -> None:
+        self.violations.append(Violation(label, problem, rule, fixable))
+
+    def rule(self, key: str, value: object = None) -> str:
+        text = f"policy.{key}" if value is None else f'policy.{key} = "{value}"'
+        return f"{text}, rule {self.policy.rule!r}" if self.policy.rule else text
+
+    def decide(self) -> Decision:
+        env_kept, env_none = self.judge_env()
+        mounts_kept = self.judge_mounts()
+        cdi_kept = self.judge_cdi()
+        caps = self.judge_capabilities()
+        drop_mig = self.judge_mig()
+        self.judge_device_nodes()
+
+        granted = _uuids(
+            [d for _, devs in env_kept for d in devs]
+            + [d for _, devs in mounts_kept for d in devs]
+            + [d for _, devs in cdi_kept for d in devs]
+        )
+        if self.policy.mode is Mode.AUDIT:
+            return Decision(Outcome.ALLOW, self.policy, tuple(self.requested),
+                            tuple(self.violations), env=self.spec.env)
+        if self.violations and (
+            self.policy.mode is Mode.ENFORCE or not all(v.fixable for v in self.violations)
+        ):
+            return Decision(Outcome.DENY, self.policy, (), tuple(self.violations),
+                            env=self.spec.env)
+
+        env = self.rewrite_env(env_kept, env_none, caps, drop_mig)
+        doc = copy.deepcopy(self.spec.doc)
+        if env != self.spec.env:
+            doc.setdefault("process", {})["env"] = list(env)
+        if self.request.mounts:
+            doc["mounts"] = self.rewrite_mounts(mounts_kept)
+        if self.request.cdi:
+            doc["annotations"] = self.rewrite_annotations(cdi_kept)
+        if doc == self.spec.doc:
+            return Decision(Outcome.ALLOW, self.policy, granted, tuple(self.violations),
+                            env=self.spec.env)
+        return Decision(Outcome.REWRITE, self.policy, granted, tuple(self.violations), doc,
+                        env=env)
+
+    # -- channels -----------------------------------------------------------
+
+    def trusted(self, trust: Trust, key: str, label: str, what: str) -> bool:
+        if trust is Trust.DENY:
+            self.violate(label, f"{what} is not accepted", self.rule(key, trust.value))
+        return trust is Trust.ACCEPT
+
+    def judge_env(self) -> tuple[list[tuple[str, list[Device]]], bool]:
+        """-> (kept ids with their devices, whether ``none`` is kept)."""
+        env = self.request.env
+        kind = env.devices.kind
+        if kind in (Kind.UNSET, Kind.VOID):
+            return [], False
+        if not self.request.privileged and not self.trusted(
+            self.policy.unprivileged_env, "unprivileged-env", env.label,
+            "a GPU request in the env of an unprivileged container",
+        ):
+            if self.policy.unprivileged_env is Trust.IGNORE:
+                self.note_requested(env.label, env.devices.ids, kind)
+            return [], False
+        if kind is Kind.NONE:
+            return [], True
+        ids = ("all",) if kind is Kind.ALL else env.devices.ids
+        return self.judge_ids(env.label, ids), False
+
+    def note_requested(self, label: str, ids: Sequence[str], kind: Kind) -> None:
+        """An ignored channel still counts as what NVIDIA would have given (audit view)."""
+        for device_id in ("all",) if kind is Kind.ALL else ids:
+            try:
+                for d in self.resolve(device_id).devices:
+                    self.requested[d.uuid] = None
+            except Unresolved:
+                pass
+
+    def judge_mounts(self) -> list[tuple[str, list[Device]]]:
+        kept = []
+        for m in self.request.mounts:
+            label = f"mount {m.mount.source} -> {m.mount.destination}"
+            if self.trusted(self.policy.volume_mounts, "volume-mounts", label,
+                            "a GPU request through a volume mount"):
+                device_id = m.id.removeprefix("cdi/")
+                kept.extend(self.judge_ids(label, (device_id,), keep_key=m.id))
+        return kept
+
+    def judge_cdi(self) -> list[tuple[str, list[Device]]]:
+        kept = []
+        for c in self.request.nvidia_cdi:
+            if c.name.startswith(_NON_GPU_CDI_KINDS):
+                continue
+            label = f"annotation {c.annotation}={c.name}"
+            if self.trusted(self.policy.cdi_annotations, "cdi-annotations", label,
+                            "a GPU request through a CDI annotation"):
+                kept.extend(self.judge_ids(label, (c.name,)))
+        return kept
+
+    def judge_ids(self, label: str, ids: Iterable[str],
+                  keep_key: str | None = None) -> list[tuple[str, list[Device]]]:
+        kept = []
+        for device_id in ids:
+            devices = self.judge_id(label, device_id)
+            if devices:
+                kept.append((keep_key or device_id, devices))
+        return kept
+
+    def resolve(self, device_id: str) -> Resolution:
+        cdi = cdi_device_name(device_id)
+        if cdi is None:
+            return self.inventory.resolve(device_id)
+        kind, name = cdi
+        if kind != GPU_CDI_KIND:
+            raise Unresolved(f"CDI kind {kind!r} is not an NVIDIA GPU")
+        return self.inventory.resolve(name)
+
+    def judge_id(self, label: str, device_id: str) -> list[Device]:
+        try:
+            res = self.resolve(device_id)
+        except Unresolved as e:
+            self.violate(label, f"device {device_id!r}: {e}", "live inventory")
+            return []
+        for d in res.devices:
+            self.requested[d.uuid] = None
+        if res.form is IdForm.ALL:
+            rule = self.policy.all
+            privileged = self.request.privileged
+            if rule is AllRule.NEVER or (rule is AllRule.PRIVILEGED and not privileged):
+                who = "no container" if rule is AllRule.NEVER else "an unprivileged container"
+                verb = "may have" if rule is AllRule.NEVER else "may not have"
+                self.violate(label, f"{who} {verb} every GPU", self.rule("all", rule.value))
+                return []
+        elif res.form.is_positional and self.policy.indices is Indices.DENY:
+            self.violate(label, f"device {device_id!r} is a {res.form.value}, not a UUID",
+                         self.rule("indices", "deny"))
+            return []
+        return [d for d in res.devices if self.device_allowed(label, d)]
+
+    def device_allowed(self, label: str, device: Device) -> bool:
+        deny = {u.lower() for u in self.policy.deny}
+        allow = {u.lower() for u in self.policy.allow}
+        uuid = device.uuid.lower()
+        parent = device.parent.lower() if isinstance(device, MigDevice) else None
+        if uuid in deny:
+            self.violate(label, f"{device.uuid} is on the deny list", self.rule("deny"))
+            return False
+        if parent in deny:
+            self.violate(label, f"{device.uuid}: its parent GPU {device.parent} is on the deny "
+                         "list", self.rule("deny"))
+            return False
+        if allow and uuid not in allow and parent not in allow:
+            self.violate(label, f"{device.uuid} is not on the allow list", self.rule("allow"))
+            return False
+        return True
+
+    def judge_capabilities(self) -> tuple[str, ...] | None:
+        """-> the capability set to write, or None to leave the variable alone."""
+        wanted = self.request.driver_capability_set()
+        allowed = self.policy.driver_capabilities
+        raw = self.request.driver_capabilities
+        label = f"{DRIVER_CAPABILITIES}={raw}" if raw else (
+            f"{DRIVER_CAPABILITIES} (unset, default {','.join(wanted)})"
+        )
+        bad = [c for c in wanted if c not in allowed]
+        if not bad:
+            return None
+        self.violate(label, f"capabilities not allowed: {', '.join(bad)}",
+                     self.rule("driver-capabilities"))
+        kept = tuple(c for c in wanted if c in allowed)
+        return kept or (("utility",) if "utility" in allowed else allowed[:1])
+
+    def judge_mig(self) -> bool:
+        """-> True when the NVIDIA_MIG_* variables must be cleared."""
+        drop = False
+        for name, value in ((MIG_CONFIG_DEVICES, self.request.mig_config),
+                            (MIG_MONITOR_DEVICES, self.request.mig_monitor)):
+            if value is None:
+                continue
+            if self.policy.mig_config is MigConfig.NEVER:
+                self.violate(f"{name}={value}", "MIG management is not allowed",
+                             self.rule("mig-config", "never"))
+                drop = True
+            elif not self.request.privileged:
+                self.violate(f"{name}={value}", "MIG management needs a privileged container",
+                             self.rule("mig-config", "privileged"))
+                drop = True
+        return drop
+
+    def judge_device_nodes(self) -> None:
+        if self.policy.device_nodes is not DeviceNodes.DENY:
+            return
+        for path in self.request.device_nodes:
+            if is_gpu_node(path):
+                # A device node is created by the runtime itself; no rewrite can take it away.
+                self.violate(f"linux.devices {path}", "GPU device nodes may not be passed in",
+                             self.rule("device-nodes", "deny"), fixable=False)
+
+    # -- rewrites -----------------------------------------------------------
+
+    def rewrite_env(self, kept: list[tuple[str, list[Device]]], keep_none: bool,
+                    caps: tuple[str, ...] | None, drop_mig: bool) -> tuple[str, ...]:
+        env = self.request.env
+        replace: dict[str, str | None] = {}
+        if env.devices.kind is not Kind.UNSET:
+            uuids = _uuids(d for _, devs in kept for d in devs)
+            value = ",".join(uuids) if uuids else ("none" if keep_none else "void")
+            replace[VISIBLE_DEVICES] = f"{VISIBLE_DEVICES}={value}"
+            for name in env.variables:
+                # NVIDIA reads swarm-resource variables instead, when present.
+                replace.setdefault(name, None)
+        if caps is not None:
+            replace[DRIVER_CAPABILITIES] = f"{DRIVER_CAPABILITIES}={','.join(caps)}"
+        if drop_mig:
+            replace[MIG_CONFIG_DEVICES] = None
+            replace[MIG_MONITOR_DEVICES] = None
+        return rewrite_entries(self.spec.env, replace)
+
+    def rewrite_mounts(self, kept: list[tuple[str, list[Device]]]) -> list[Any]:
+        """Drop refused device mounts; pin kept ones to one UUID mount per device.
+
+        Every ``/dev/null`` mount NVIDIA could read as a device request is matched
+        by its cleaned destination, so a duplicate cannot smuggle a refused id back.
+        """
+        by_id = dict(kept)
+        out: list[Any] = []
+        for raw, parsed in zip(self.spec.doc.get("mounts") or [], self.spec.mounts, strict=True):
+            device_id = device_mount_id(parsed)
+            if device_id is None or device_id.startswith("imex/"):
+                out.append(raw)
+                continue
+            for device in by_id.get(device_id, []):
+                pinned = dict(raw)
+                pinned["destination"] = f"{DEVICE_MOUNT_ROOT}/{device.uuid}"
+                if pinned not in out:
+                    out.append(pinned)
+        return out
+
+    def rewrite_annotations(self, kept: list[tuple[str, list[Device]]]) -> dict[str, str]:
+        keep = {name for name, _ in kept}
+        out: dict[str, str] = {}
+        for key, value in self.spec.doc.get("annotations", {}).items():
+            names = [c.name for c in self.request.cdi if c.annotation == key]
+            if not names:
+                out[key] = value
+                continue
+            # Non-GPU names (another vendor, IMEX channels) are not ours to drop.
+            left = [n for n in names if n in keep or not _is_gpu_cdi(n)]
+            if left:
+                out[key] = value if left == names else ",".join(left)
+        return out
+
+
+def rewrite_entries(env: Sequence[str], replace: dict[str, str | None]) -> tuple[str, ...]:
+    """Give each name in ``replace`` one entry at its first position (or the end);
+    ``None`` removes the name. Every other entry keeps its place."""
+    out: list[str] = []
+    placed: set[str] = set()
+    for entry in env:
+        name = entry.partition("=")[0]
+        if name not in replace or "=" not in entry:
+            out.append(entry)
+            continue
+        new = replace[name]
+        target = new.partition("=")[0] if new is not None else name
+        if new is not None and target not in placed:
+            out.append(new)
+        placed.add(target)
+    for name, new in replace.items():
+        if new is not None and name not in placed:
+            out.append(new)
+            placed.add(name)
+    return tuple(out)
+
+
+def _is_gpu_cdi(name: str) -> bool:
+    parsed = cdi_device_name(name)
+    return parsed is not None and parsed[0].startswith("nvidia.com/") and not name.startswith(
+        _NON_GPU_CDI_KINDS
+    )
+
+
+def _uuids(devices: Iterable[Device]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(d.uuid for d in devices))
+
+
+def _first_label(request: Request) -> str:
+    if request.env.devices.kind in (Kind.ALL, Kind.DEVICES):
+        return request.env.label
+    if request.mounts:
+        m = request.mounts[0].mount
+        return f"mount {m.source} -> {m.destination}"
+    if request.nvidia_cdi:
+        c = request.nvidia_cdi[0]
+        return f"annotation {c.annotation}={c.name}"
+    return "GPU request"
+
+
+__all__ = ["Decision", "Gpu", "Outcome", "Violation", "decide", "needs_inventory"]

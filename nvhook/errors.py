@@ -1,0 +1,73 @@
+"""Exit statuses and the one user-facing error type.
+
+Every failure nvhook reports is an ``NvhookError`` carrying its exit status and a
+one-line message. Only the CLI layer turns them into stderr text and an exit code.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitStatus(IntEnum):
+    """Documented exit codes. A container runtime aborts the container on any non-zero."""
+
+    OK = 0
+    INTERNAL = 1  # a bug in nvhook; reported as one line, never a traceback
+    USAGE = 2  # bad command line
+    DENIED = 3  # the policy refused the container's GPU request
+    CONFIG = 4  # nvhook's own config/policy file is missing or invalid
+    STATE = 5  # the OCI state on stdin is invalid
+    SPEC = 6  # the bundle or its config.json is missing or invalid
+    INVENTORY = 7  # the GPU inventory (NVML or file) could not be read
+    DELEGATE = 8  # NVIDIA's hook (or the low-level runtime) could not be run
+    WRITE = 9  # a file nvhook rewrites could not be written
+    DOCTOR = 10  # `nvhook doctor` found a failing check
+
+
+class NvhookError(Exception):
+    """A failure with a one-line, user-facing message (what, where, why)."""
+
+    status: ExitStatus = ExitStatus.INTERNAL
+
+    def __init__(self, message: str) -> None:
+        # Multi-line text would break the "one clear line" contract on stderr.
+        super().__init__(" ".join(message.split("\n")))
+
+    @property
+    def message(self) -> str:
+        return str(self)
+
+
+class UsageError(NvhookError):
+    status = ExitStatus.USAGE
+
+
+class ConfigError(NvhookError):
+    status = ExitStatus.CONFIG
+
+
+class StateError(NvhookError):
+    status = ExitStatus.STATE
+
+
+class SpecError(NvhookError):
+    status = ExitStatus.SPEC
+
+
+class InventoryError(NvhookError):
+    status = ExitStatus.INVENTORY
+
+
+class DelegateError(NvhookError):
+    status = ExitStatus.DELEGATE
+
+
+class WriteError(NvhookError):
+    status = ExitStatus.WRITE
+
+
+class DeniedError(NvhookError):
+    """The decision was deny; the message is the first reason."""
+
+    status = ExitStatus.DENIED

@@ -1,0 +1,64 @@
+"""Render an evaluation for people (a short table) and for programs (one JSON object)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from nvhook.engine import Evaluation
+from nvhook.errors import InventoryError
+from nvhook.request import env_map, to_json
+
+
+def nvidia_env(env: tuple[str, ...]) -> dict[str, str]:
+    return {k: v for k, v in env_map(env).items() if k.startswith("NVIDIA_")}
+
+
+def as_json(e: Evaluation) -> dict[str, Any]:
+    d = e.decision
+    inventory = e.inventory
+    return {
+        "bundle": str(e.spec.bundle),
+        "decision": d.outcome.value,
+        "request": to_json(e.request),
+        "granted": list(d.granted),
+        "reasons": d.reasons,
+        "env": nvidia_env(d.env),
+        "policy": {"mode": d.policy.mode.value, "rule": d.policy.rule},
+        "inventory": (
+            {"error": str(inventory)} if isinstance(inventory, InventoryError)
+            else inventory.as_json() if inventory is not None else None
+        ),
+    }
+
+
+def as_text(e: Evaluation) -> str:
+    d = e.decision
+    r = e.request
+    rows: list[tuple[str, str]] = [
+        ("bundle", str(e.spec.bundle)),
+        ("container", f"privileged={_yes(r.privileged)} legacy-image={_yes(r.legacy_image)}"),
+        ("env", f"{r.env.label} -> {_show(r.env.devices.as_json())}"
+         if r.env.value is not None or r.env.legacy_implicit_all else "-"),
+        ("mounts", ", ".join(m.id for m in r.mounts) or "-"),
+        ("cdi", ", ".join(c.name for c in r.cdi) or "-"),
+    ]
+    if isinstance(e.inventory, InventoryError):
+        rows.append(("inventory", f"unavailable: {e.inventory}"))
+    rows.append(("decision", d.outcome.value + (f" (rule {d.policy.rule})" if d.policy.rule
+                                                 else "")))
+    rows.append(("granted", ", ".join(d.granted) or "-"))
+    rows += [("reason", reason) for reason in d.reasons]
+    after = nvidia_env(d.env)
+    rows += [("env after", f"{k}={v}") for k, v in after.items()] or [("env after", "-")]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
+def _show(value: object) -> str:
+    if value is None:
+        return "not requested"
+    return ",".join(value) if isinstance(value, list) else str(value)

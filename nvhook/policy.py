@@ -1,0 +1,106 @@
+"""The policy a container is judged by, and the per-container rules that pick it.
+
+Values only: reading and validating the TOML file is ``config.py``'s job.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from nvhook.request import ALL_DRIVER_CAPABILITIES
+
+
+class Mode(StrEnum):
+    ENFORCE = "enforce"  # deny a request that breaks any rule
+    REWRITE = "rewrite"  # drop what breaks a rule, keep the rest
+    AUDIT = "audit"  # let it through unchanged, record each violation
+
+
+class AllRule(StrEnum):
+    NEVER = "never"
+    PRIVILEGED = "privileged"
+    ALWAYS = "always"
+
+
+class Indices(StrEnum):
+    ALLOW = "allow"
+    DENY = "deny"
+
+
+class Trust(StrEnum):
+    ACCEPT = "accept"
+    IGNORE = "ignore"  # grant nothing through the channel and hide it from NVIDIA's hook
+    DENY = "deny"  # any use of the channel is a violation
+
+
+class MigConfig(StrEnum):
+    NEVER = "never"
+    PRIVILEGED = "privileged"
+
+
+class DeviceNodes(StrEnum):
+    ACCEPT = "accept"
+    DENY = "deny"
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Field names are the TOML keys with ``-`` spelled ``_``."""
+
+    mode: Mode = Mode.ENFORCE
+    all: AllRule = AllRule.PRIVILEGED
+    indices: Indices = Indices.ALLOW
+    unprivileged_env: Trust = Trust.ACCEPT
+    volume_mounts: Trust = Trust.ACCEPT
+    cdi_annotations: Trust = Trust.ACCEPT
+    allow: tuple[str, ...] = ()  # empty: every live device may be granted
+    deny: tuple[str, ...] = ()
+    driver_capabilities: tuple[str, ...] = ALL_DRIVER_CAPABILITIES
+    mig_config: MigConfig = MigConfig.PRIVILEGED
+    device_nodes: DeviceNodes = DeviceNodes.ACCEPT
+    rule: str | None = None  # the [[policy.rules]] entry that produced this policy
+
+    def with_overrides(self, overrides: Mapping[str, Any], rule: str) -> Policy:
+        return dataclasses.replace(self, **overrides, rule=rule)
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    annotations: tuple[tuple[str, re.Pattern[str]], ...]
+    overrides: Mapping[str, Any]
+
+    def matches(self, annotations: Mapping[str, str]) -> bool:
+        """All patterns must match their annotation's whole value."""
+        return all(
+            key in annotations and pattern.fullmatch(annotations[key]) is not None
+            for key, pattern in self.annotations
+        )
+
+
+def effective(base: Policy, rules: tuple[Rule, ...], annotations: Mapping[str, str]) -> Policy:
+    """The first matching rule wins; no rule matching means the base policy."""
+    for rule in rules:
+        if rule.matches(annotations):
+            return base.with_overrides(rule.overrides, rule.name)
+    return base
+
+
+POLICY_KEYS: dict[str, type | tuple[str, ...]] = {
+    "mode": Mode,
+    "all": AllRule,
+    "indices": Indices,
+    "unprivileged-env": Trust,
+    "volume-mounts": Trust,
+    "cdi-annotations": Trust,
+    "allow": tuple,
+    "deny": tuple,
+    "driver-capabilities": ALL_DRIVER_CAPABILITIES,
+    "mig-config": MigConfig,
+    "device-nodes": DeviceNodes,
+}

@@ -1,0 +1,299 @@
+"""What a container asks for, on every channel NVIDIA's hook reads.
+
+``parse(spec)`` is pure and follows NVIDIA's semantics (FIELD.md §4): the env
+list becomes a map where the last duplicate wins, the legacy ``CUDA_VERSION``
+rule turns an unset variable into ``all``, ``void`` anywhere beats everything,
+then the first ``all``/``none`` in list order decides. Case matters: ``ALL`` is a
+device id here (nvidia-container-cli later resolves it case-insensitively, which
+``inventory.resolve`` reproduces). Things NVIDIA ignores but a policy must see
+(disagreeing duplicates, ``/dev/nvidia*`` device nodes, env entries without
+``=``) are recorded too.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from nvhook.spec import DEVICE_MOUNT_ROOT, Mount, Spec
+
+VISIBLE_DEVICES = "NVIDIA_VISIBLE_DEVICES"
+DRIVER_CAPABILITIES = "NVIDIA_DRIVER_CAPABILITIES"
+MIG_CONFIG_DEVICES = "NVIDIA_MIG_CONFIG_DEVICES"
+MIG_MONITOR_DEVICES = "NVIDIA_MIG_MONITOR_DEVICES"
+IMEX_CHANNELS = "NVIDIA_IMEX_CHANNELS"
+CUDA_VERSION = "CUDA_VERSION"
+REQUIRE_CUDA = "NVIDIA_REQUIRE_CUDA"
+CDI_ANNOTATION_PREFIX = "cdi.k8s.io/"
+CAP_SYS_ADMIN = "CAP_SYS_ADMIN"
+
+ALL_DRIVER_CAPABILITIES = (
+    "compute", "compat32", "graphics", "utility", "video", "display", "ngx",
+)
+DEFAULT_DRIVER_CAPABILITIES = ("utility", "compute")
+
+# A fully-qualified CDI device name: vendor/class=name.
+_CDI_NAME = re.compile(
+    r"^(?P<kind>[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*)=(?P<name>.+)$"
+)
+_GPU_NODE = re.compile(r"^/dev/nvidia\d+$")
+
+
+class Kind(StrEnum):
+    """The env channel's request, as NVIDIA's hook classifies it."""
+
+    UNSET = "unset"  # not a GPU container
+    VOID = "void"  # nothing at all; NVIDIA's hook behaves like plain runc
+    NONE = "none"  # driver libraries and control nodes, no GPU
+    ALL = "all"
+    DEVICES = "devices"
+
+
+@dataclass(frozen=True)
+class VisibleDevices:
+    kind: Kind
+    ids: tuple[str, ...] = ()
+
+    def as_json(self) -> str | list[str] | None:
+        if self.kind is Kind.UNSET:
+            return None
+        if self.kind is Kind.DEVICES:
+            return list(self.ids)
+        return self.kind.value
+
+
+@dataclass(frozen=True)
+class EnvChannel:
+    """The env channel. ``variables`` are the names NVIDIA's hook read, in order."""
+
+    devices: VisibleDevices
+    variables: tuple[str, ...]
+    value: str | None  # the winning raw value, joined with "," across variables
+    legacy_implicit_all: bool = False
+    # Every value the variables had, in env order, when duplicates disagree.
+    conflicting_values: tuple[str, ...] = ()
+
+    @property
+    def label(self) -> str:
+        """How a reason names this channel: the variable and its value."""
+        name = ",".join(self.variables)
+        if self.legacy_implicit_all:
+            return f"{name} (unset; legacy image: {CUDA_VERSION} set, {REQUIRE_CUDA} empty)"
+        return f"{name}={self.value}"
+
+
+@dataclass(frozen=True)
+class MountRequest:
+    """A ``/dev/null`` bind at ``/var/run/nvidia-container-devices/<id>``."""
+
+    id: str
+    mount: Mount
+
+
+@dataclass(frozen=True)
+class CdiRequest:
+    """A fully-qualified CDI name from a ``cdi.k8s.io/*`` annotation."""
+
+    annotation: str
+    name: str
+
+
+@dataclass(frozen=True)
+class Request:
+    env: EnvChannel
+    mounts: tuple[MountRequest, ...]
+    cdi: tuple[CdiRequest, ...]
+    privileged: bool
+    legacy_image: bool
+    driver_capabilities: str | None  # raw value; None when unset
+    mig_config: str | None
+    mig_monitor: str | None
+    imex_channels: tuple[str, ...]
+    device_nodes: tuple[str, ...]  # /dev/nvidia* in linux.devices
+    malformed_env: tuple[str, ...]  # entries without "=", which make NVIDIA's hook fail
+    # Mounts that look like device requests but that NVIDIA's hook ignores
+    # (a source other than /dev/null): recorded, never granted.
+    forged_mounts: tuple[Mount, ...] = field(default=())
+
+    @property
+    def nvidia_cdi(self) -> tuple[CdiRequest, ...]:
+        return tuple(c for c in self.cdi if c.name.startswith("nvidia.com/"))
+
+    @property
+    def asks_for_devices(self) -> bool:
+        """True when any channel would make NVIDIA's stack attach something."""
+        return (
+            self.env.devices.kind in (Kind.NONE, Kind.ALL, Kind.DEVICES)
+            or bool(self.mounts)
+            or bool(self.nvidia_cdi)
+            or any(_GPU_NODE.match(p) for p in self.device_nodes)
+        )
+
+    def driver_capability_set(self) -> tuple[str, ...]:
+        """The capabilities NVIDIA's hook would grant, in canonical order."""
+        raw = self.driver_capabilities
+        if not raw:
+            return DEFAULT_DRIVER_CAPABILITIES
+        items = [c.strip() for c in raw.split(",") if c.strip()]
+        if "all" in items:
+            return ALL_DRIVER_CAPABILITIES
+        return tuple(dict.fromkeys(items))
+
+
+def env_map(env: Iterable[str]) -> dict[str, str]:
+    """The env as NVIDIA's hook sees it: the last duplicate wins."""
+    out: dict[str, str] = {}
+    for entry in env:
+        name, sep, value = entry.partition("=")
+        if sep:
+            out[name] = value
+    return out
+
+
+def split_ids(value: str) -> list[str]:
+    """Comma list: items trimmed, empties dropped, repeats removed keeping order."""
+    return list(dict.fromkeys(item.strip() for item in value.split(",") if item.strip()))
+
+
+def visible_devices(value: str | None, legacy_image: bool) -> VisibleDevices:
+    """NVIDIA_VISIBLE_DEVICES (or the joined swarm variables) -> request kind."""
+    if value is None:
+        return VisibleDevices(Kind.ALL) if legacy_image else VisibleDevices(Kind.UNSET)
+    ids = split_ids(value)
+    if not ids or "void" in ids:
+        return VisibleDevices(Kind.VOID)
+    for item in ids:
+        if item == "all":
+            return VisibleDevices(Kind.ALL)
+        if item == "none":
+            return VisibleDevices(Kind.NONE)
+    return VisibleDevices(Kind.DEVICES, tuple(ids))
+
+
+def is_legacy_image(env: dict[str, str]) -> bool:
+    return bool(env.get(CUDA_VERSION)) and not env.get(REQUIRE_CUDA)
+
+
+def parse(spec: Spec, swarm_resource: Sequence[str] = ()) -> Request:
+    env = env_map(spec.env)
+    legacy = is_legacy_image(env)
+    return Request(
+        env=_env_channel(spec.env, env, swarm_resource, legacy),
+        mounts=tuple(_device_mounts(spec.mounts)),
+        cdi=tuple(_cdi_annotations(spec.annotations)),
+        privileged=CAP_SYS_ADMIN in spec.bounding_caps,
+        legacy_image=legacy,
+        driver_capabilities=env.get(DRIVER_CAPABILITIES),
+        mig_config=env.get(MIG_CONFIG_DEVICES) or None,
+        mig_monitor=env.get(MIG_MONITOR_DEVICES) or None,
+        imex_channels=tuple(split_ids(env.get(IMEX_CHANNELS, ""))),
+        device_nodes=tuple(p for p in spec.device_paths if p.startswith("/dev/nvidia")),
+        malformed_env=tuple(e for e in spec.env if "=" not in e),
+        forged_mounts=tuple(_forged_mounts(spec.mounts)),
+    )
+
+
+def _env_channel(entries: Sequence[str], env: dict[str, str], swarm_resource: Sequence[str],
+                 legacy: bool) -> EnvChannel:
+    # NVIDIA reads the swarm-resource variables instead of NVIDIA_VISIBLE_DEVICES
+    # as soon as any of them is present, and then concatenates all of them.
+    preferred = [name for name in swarm_resource if name in env]
+    names = tuple(preferred) if preferred else (VISIBLE_DEVICES,)
+    present = [env[n] for n in names if n in env]
+    value = ",".join(present) if present else None
+    seen = [e.partition("=")[2] for e in entries if e.partition("=")[0] in names and "=" in e]
+    conflicting = tuple(seen) if len(set(seen)) > 1 else ()
+    return EnvChannel(
+        devices=visible_devices(value, legacy and not present),
+        variables=names,
+        value=value,
+        legacy_implicit_all=legacy and not present,
+        conflicting_values=conflicting,
+    )
+
+
+def clean_path(path: str) -> str:
+    """Go's ``filepath.Clean``: unlike ``posixpath.normpath`` it folds a leading ``//``."""
+    cleaned = posixpath.normpath(path) if path else "."
+    if cleaned.startswith("//"):
+        cleaned = "/" + cleaned.lstrip("/")
+    return cleaned
+
+
+def _device_mounts(mounts: Sequence[Mount]) -> Iterable[MountRequest]:
+    """Mirror of NVIDIA's DevicesFromMounts, prefix quirk included.
+
+    The destination test is a plain string prefix, so ``...-devicesX/0`` yields
+    the id ``X/0``: such ids never resolve and so are refused, not ignored.
+    """
+    seen: set[str] = set()
+    for m in mounts:
+        device = device_mount_id(m)
+        # imex/ mounts name IMEX channels, not devices; NVIDIA skips them here too.
+        if device is None or device.startswith("imex/") or device in seen:
+            continue
+        seen.add(device)
+        yield MountRequest(device, m)
+
+
+def device_mount_id(m: Mount) -> str | None:
+    """The id a ``/dev/null`` mount under the device root names, else None."""
+    if clean_path(m.source) != "/dev/null":
+        return None
+    destination = clean_path(m.destination)
+    if not destination.startswith(DEVICE_MOUNT_ROOT):
+        return None
+    return destination[len(DEVICE_MOUNT_ROOT):].strip("/") or None
+
+
+def _forged_mounts(mounts: Sequence[Mount]) -> Iterable[Mount]:
+    for m in mounts:
+        if clean_path(m.destination).startswith(DEVICE_MOUNT_ROOT) and (
+            clean_path(m.source) != "/dev/null"
+        ):
+            yield m
+
+
+def _cdi_annotations(annotations: dict[str, str]) -> Iterable[CdiRequest]:
+    seen: set[str] = set()
+    for key, value in annotations.items():
+        if not key.startswith(CDI_ANNOTATION_PREFIX):
+            continue
+        for name in split_ids(value):
+            if name not in seen:
+                seen.add(name)
+                yield CdiRequest(key, name)
+
+
+def cdi_device_name(item: str) -> tuple[str, str] | None:
+    """``vendor/class=name`` -> (kind, name); None when ``item`` is not a CDI name."""
+    m = _CDI_NAME.match(item)
+    return (m["kind"], m["name"]) if m else None
+
+
+def is_gpu_node(path: str) -> bool:
+    return bool(_GPU_NODE.match(path))
+
+
+def to_json(r: Request) -> dict[str, object]:
+    """The request by channel, as ``explain --json`` and the audit log show it."""
+    return {
+        "env": r.env.devices.as_json(),
+        "variables": list(r.env.variables),
+        "value": r.env.value,
+        "mounts": [m.id for m in r.mounts],
+        "annotations": [c.name for c in r.cdi],
+        "privileged": r.privileged,
+        "legacy_image": r.legacy_image,
+        "driver_capabilities": r.driver_capabilities,
+        "mig_config": r.mig_config,
+        "mig_monitor": r.mig_monitor,
+        "imex_channels": list(r.imex_channels),
+        "device_nodes": list(r.device_nodes),
+        "conflicting_values": list(r.env.conflicting_values),
+        "malformed_env": list(r.malformed_env),
+        "forged_mounts": [f"{m.source} -> {m.destination}" for m in r.forged_mounts],
+    }

@@ -1,0 +1,267 @@
+"""A read view of a bundle's ``config.json`` and its atomic write-back.
+
+Stdlib only: the hook's fast path loads the spec before it knows whether the
+container asks for a GPU at all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nvhook.errors import SpecError, WriteError
+
+CONFIG_NAME = "config.json"
+# What NVIDIA's hook reads as "devices requested through volume mounts".
+DEVICE_MOUNT_ROOT = "/var/run/nvidia-container-devices"
+_TMP_PREFIX = f".{CONFIG_NAME}.nvhook-"
+
+
+@dataclass(frozen=True)
+class Mount:
+    source: str
+    destination: str
+
+
+@dataclass(frozen=True, eq=False)
+class Spec:
+    """The parts of an OCI runtime spec that can ask for a GPU.
+
+    ``env`` keeps the entries exactly as written, duplicates and all, because
+    NVIDIA's hook lets the last duplicate win while glibc's getenv sees the first.
+    ``doc`` is the whole parsed document, for write-back.
+    """
+
+    path: Path
+    doc: dict[str, Any]
+    env: tuple[str, ...]
+    bounding_caps: frozenset[str]
+    mounts: tuple[Mount, ...]
+    annotations: Mapping[str, str]
+    device_paths: tuple[str, ...]
+    root_path: str | None
+
+    @property
+    def bundle(self) -> Path:
+        return self.path.parent
+
+
+def read_bytes(path: Path) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise SpecError(f"{path}: no such file (is the bundle path right?)") from None
+    except IsADirectoryError:
+        raise SpecError(f"{path}: is a directory, expected the OCI config.json") from None
+    except OSError as e:
+        raise SpecError(f"{path}: cannot read: {e.strerror}") from None
+
+
+def parse_document(path: Path, data: bytes) -> dict[str, Any]:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise SpecError(f"{path}: not UTF-8 at byte {e.start}") from None
+    if "\x00" in text:
+        raise SpecError(f"{path}: contains a NUL byte at offset {text.index(chr(0))}")
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as e:
+        where = f"line {e.lineno} column {e.colno}"
+        raise SpecError(f"{path}: not valid JSON: {e.msg} ({where})") from None
+    except RecursionError:
+        raise SpecError(f"{path}: JSON nested too deeply") from None
+    if not isinstance(doc, dict):
+        raise SpecError(f"{path}: expected a JSON object, got {_kind(doc)}")
+    return doc
+
+
+def load(bundle: Path) -> Spec:
+    path = bundle / CONFIG_NAME
+    return from_document(path, parse_document(path, read_bytes(path)))
+
+
+def from_document(path: Path, doc: dict[str, Any]) -> Spec:
+    """Validate the fields nvhook reads; a wrong type names its field."""
+    process = _field(path, doc, "process", dict, {})
+    env = _string_list(path, process, "env", "process.env")
+    caps = _field(path, process, "capabilities", dict, {}, "process.capabilities")
+    bounding = _string_list(path, caps, "bounding", "process.capabilities.bounding")
+    mounts = []
+    for i, m in enumerate(_field(path, doc, "mounts", list, [])):
+        where = f"mounts[{i}]"
+        if not isinstance(m, dict):
+            raise SpecError(f"{path}: {where}: expected an object, got {_kind(m)}")
+        source = _field(path, m, "source", str, "", f"{where}.source")
+        destination = _field(path, m, "destination", str, "", f"{where}.destination")
+        mounts.append(Mount(source, destination))
+    annotations = _field(path, doc, "annotations", dict, {})
+    for key, value in annotations.items():
+        if not isinstance(value, str):
+            raise SpecError(f"{path}: annotations.{key}: expected a string, got {_kind(value)}")
+    linux = _field(path, doc, "linux", dict, {})
+    devices = []
+    for i, d in enumerate(_field(path, linux, "devices", list, [], "linux.devices")):
+        if not isinstance(d, dict):
+            raise SpecError(f"{path}: linux.devices[{i}]: expected an object, got {_kind(d)}")
+        devices.append(_field(path, d, "path", str, "", f"linux.devices[{i}].path"))
+    root = _field(path, doc, "root", dict, {})
+    root_path = _field(path, root, "path", str, None, "root.path")
+    return Spec(
+        path=path,
+        doc=doc,
+        env=tuple(env),
+        bounding_caps=frozenset(bounding),
+        mounts=tuple(mounts),
+        annotations=dict(annotations),
+        device_paths=tuple(devices),
+        root_path=root_path,
+    )
+
+
+def may_request_gpu(doc: Mapping[str, Any], extra_env_names: Sequence[str] = ()) -> bool:
+    """Cheap, conservative test: False only when no channel can name a GPU.
+
+    Runs before validation on the hook's fast path, so it tolerates any shape.
+    """
+    process = doc.get("process")
+    env = process.get("env") if isinstance(process, dict) else None
+    if isinstance(env, list):
+        for entry in env:
+            if not isinstance(entry, str):
+                return True  # let the full path report the bad entry
+            name = entry.partition("=")[0]
+            if name.startswith("NVIDIA_") or name == "CUDA_VERSION" or name in extra_env_names:
+                return True
+    elif env is not None:
+        return True
+    mounts = doc.get("mounts")
+    if isinstance(mounts, list):
+        for m in mounts:
+            if not isinstance(m, dict) or "nvidia-container-devices" in str(m.get("destination")):
+                return True
+    elif mounts is not None:
+        return True
+    annotations = doc.get("annotations")
+    if isinstance(annotations, dict):
+        if any(str(k).startswith("cdi.k8s.io/") for k in annotations):
+            return True
+    elif annotations is not None:
+        return True
+    linux = doc.get("linux")
+    devices = linux.get("devices") if isinstance(linux, dict) else None
+    if isinstance(devices, list):
+        for d in devices:
+            if not isinstance(d, dict) or str(d.get("path", "")).startswith("/dev/nvidia"):
+                return True
+    elif devices is not None:
+        return True
+    return False
+
+
+def write_atomic(path: Path, doc: Mapping[str, Any]) -> None:
+    """Replace ``path`` with ``doc`` so that a reader sees the old or the new file, never a mix.
+
+    Temp file in the same directory, fsync, rename over, fsync the directory. The
+    file keeps its mode and owner. Leftovers of a writer that was killed are swept.
+    """
+    data = json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    directory = path.parent
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise WriteError(f"{path}: cannot stat before rewrite: {e.strerror}") from None
+    sweep_temp_files(directory)
+    tmp = directory / f"{_TMP_PREFIX}{os.getpid()}.tmp"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        raise WriteError(f"{tmp}: cannot create temp file: {e.strerror}") from None
+    try:
+        try:
+            with contextlib.suppress(PermissionError):
+                os.fchown(fd, st.st_uid, st.st_gid)
+            os.fchmod(fd, st.st_mode & 0o7777)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise WriteError(f"{path}: rewrite failed, file left as it was: {e.strerror}") from None
+    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def sweep_temp_files(directory: Path) -> None:
+    """Remove temp files left by writers that no longer run."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        if not (name.startswith(_TMP_PREFIX) and name.endswith(".tmp")):
+            continue
+        pid_text = name[len(_TMP_PREFIX) : -len(".tmp")]
+        if pid_text.isdigit() and _alive(int(pid_text)) and int(pid_text) != os.getpid():
+            continue
+        with contextlib.suppress(OSError):
+            os.unlink(directory / name)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _field(path: Path, obj: Mapping[str, Any], key: str, kind: type, default: Any,
+           where: str | None = None) -> Any:
+    value = obj.get(key, default)
+    if value is None:
+        return default
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise SpecError(
+            f"{path}: {where or key}: expected {_kind_name(kind)}, got {_kind(value)}"
+        )
+    return value
+
+
+def _string_list(path: Path, obj: Mapping[str, Any], key: str, where: str) -> list[str]:
+    values = _field(path, obj, key, list, [], where)
+    for i, v in enumerate(values):
+        if not isinstance(v, str):
+            raise SpecError(f"{path}: {where}[{i}]: expected a string, got {_kind(v)}")
+    return values
+
+
+def _kind_name(kind: type) -> str:
+    return {dict: "an object", list: "an array", str: "a string", int: "an integer"}.get(
+        kind, kind.__name__
+    )
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {
+        dict: "an object", list: "an array", str: "a string", bool: "a boolean",
+        int: "a number", float: "a number",
+    }.get(type(value), type(value).__name__)

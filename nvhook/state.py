@@ -1,0 +1,93 @@
+"""The OCI state a runtime writes to a hook's stdin, validated against our schema."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from nvhook.errors import StateError
+
+SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "oci-state.json"
+MAX_STATE_BYTES = 1 << 20  # real states are a few hundred bytes
+
+
+@dataclass(frozen=True)
+class State:
+    id: str
+    bundle: Path
+    status: str
+    oci_version: str
+    pid: int | None = None
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    raw: bytes = field(default=b"", repr=False)  # handed on to the delegate as it came
+
+
+def decode(raw: bytes) -> dict[str, Any]:
+    """Bytes -> JSON object, with one clear line for every way it can be wrong."""
+    if not raw.strip():
+        raise StateError("stdin: empty, expected the OCI state JSON from the runtime")
+    if len(raw) > MAX_STATE_BYTES:
+        raise StateError(f"stdin: {len(raw)} bytes, more than an OCI state can be")
+    try:
+        doc = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise StateError(f"stdin: not UTF-8 at byte {e.start}") from None
+    except json.JSONDecodeError as e:
+        raise StateError(f"stdin: not valid JSON: {e.msg} (line {e.lineno} column {e.colno})") \
+            from None
+    except RecursionError:
+        raise StateError("stdin: JSON nested too deeply") from None
+    if not isinstance(doc, dict):
+        raise StateError(f"stdin: expected a JSON object, got {type(doc).__name__}")
+    return doc
+
+
+def bundle_of(doc: Mapping[str, Any]) -> str | None:
+    """The bundle path; very old runc sent ``bundlePath``."""
+    bundle = doc.get("bundle", doc.get("bundlePath"))
+    return bundle if isinstance(bundle, str) else None
+
+
+def parse(raw: bytes) -> State:
+    doc = decode(raw)
+    validate(doc)
+    return State(
+        id=doc["id"],
+        bundle=Path(bundle_of(doc) or ""),
+        status=doc["status"],
+        oci_version=doc["ociVersion"],
+        pid=doc.get("pid"),
+        annotations=doc.get("annotations", {}),
+        raw=raw,
+    )
+
+
+def validate(doc: dict[str, Any]) -> None:
+    import jsonschema
+
+    error = jsonschema.exceptions.best_match(_validator().iter_errors(doc))
+    if error is None:
+        return
+    where = "/".join(str(p) for p in error.absolute_path) or "state"
+    if error.validator == "anyOf" and not error.absolute_path:
+        raise StateError("stdin: state has no 'bundle' (or legacy 'bundlePath')")
+    if error.validator == "pattern" and error.absolute_path and error.absolute_path[-1] in (
+        "bundle", "bundlePath"
+    ):
+        raise StateError(f"stdin: {where}: {error.instance!r} is not an absolute path")
+    raise StateError(f"stdin: {where}: {error.message}")
+
+
+@cache
+def _validator() -> Any:
+    import jsonschema
+
+    try:
+        schema = json.loads(SCHEMA_PATH.read_bytes())
+    except (OSError, ValueError) as e:
+        raise StateError(f"{SCHEMA_PATH}: cannot load the state schema: {e}") from None
+    return jsonschema.Draft202012Validator(schema)

@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# Install the Debian packages the end-to-end tests (tests/e2e) need, if they are missing.
+#
+#   required: runc            the OCI runtime the tests drive directly
+#             busybox-static  a static /bin/busybox, copied into the test containers' rootfs
+#   optional: podman          the hooks.d tests skip without it; failing to install it is a warning
+#
+# Quiet and fast (a few file tests, no dpkg/apt fork) when everything is present; prints one line
+# per package it installs. Root is needed only when something has to be installed: not root and a
+# required package missing -> a message on stderr and exit 1.
+set -euo pipefail
+
+PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin${PATH:+:$PATH}"
+me="ensure-system-deps"
+
+have_runc() { command -v runc >/dev/null 2>&1; }
+# Debian's dynamic `busybox` package ships the same /bin/busybox path, and a static binary cannot
+# be told from a dynamic one by a cheap test, so also ask dpkg's database (a file test, no fork).
+have_busybox_static() { [[ -x /bin/busybox && -e /var/lib/dpkg/info/busybox-static.list ]]; }
+have_podman() { command -v podman >/dev/null 2>&1; }
+
+have() {
+    case "$1" in
+        runc) have_runc ;;
+        busybox-static) have_busybox_static ;;
+        podman) have_podman ;;
+        *) return 1 ;;
+    esac
+}
+
+missing=()
+for pkg in runc busybox-static; do
+    have "$pkg" || missing+=("$pkg")
+done
+want_podman=0
+have_podman || want_podman=1
+
+if ((${#missing[@]} == 0 && want_podman == 0)); then
+    exit 0
+fi
+
+if [[ "$(id -u)" -ne 0 ]]; then
+    if ((${#missing[@]} > 0)); then
+        echo "$me: missing required package(s): ${missing[*]}." \
+            "Installing them needs root: run 'sudo $0' (or apt-get install ${missing[*]})." >&2
+        exit 1
+    fi
+    echo "$me: warning: podman is not installed and installing it needs root;" \
+        "the podman end-to-end tests will be skipped." >&2
+    exit 0
+fi
+
+if ! command -v apt-get >/dev/null 2>&1; then
+    echo "$me: apt-get not found; install these packages by hand:" \
+        "${missing[*]}$( ((want_podman)) && echo ' podman (optional)')" >&2
+    ((${#missing[@]} > 0)) && exit 1
+    exit 0
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+log="$(mktemp -t ensure-system-deps.XXXXXX.log)"
+trap 'rm -f "$log"' EXIT
+
+updated=0
+apt_update() {
+    ((updated)) && return 0
+    updated=1
+    # A failed update is not fatal by itself: the install below may still work from the
+    # existing lists, and if it does not, its error and this log are shown.
+    apt-get -q update >>"$log" 2>&1 || echo "$me: note: apt-get update failed" >>"$log"
+}
+apt_install() {
+    apt_update
+    apt-get -q -y --no-install-recommends -o DPkg::Lock::Timeout=300 install "$@" >>"$log" 2>&1
+}
+
+if ((${#missing[@]} > 0)); then
+    if ! apt_install "${missing[@]}"; then
+        echo "$me: error: 'apt-get install ${missing[*]}' failed; last lines of its output:" >&2
+        tail -n 30 "$log" >&2
+        exit 1
+    fi
+    for pkg in "${missing[@]}"; do
+        if ! have "$pkg"; then
+            echo "$me: error: installed $pkg but its binary is still missing" >&2
+            exit 1
+        fi
+        echo "$me: installed $pkg"
+    done
+fi
+
+if ((want_podman)); then
+    if apt_install podman && have_podman; then
+        echo "$me: installed podman"
+    else
+        echo "$me: warning: could not install podman; the podman end-to-end tests will be" \
+            "skipped. Last lines of apt-get's output:" >&2
+        tail -n 5 "$log" | sed 's/^/    /' >&2
+    fi
+fi
