@@ -8,8 +8,9 @@ otherwise runs scripts/ensure-system-deps.sh once per session. Mark test modules
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,10 +117,13 @@ class Podman:
 
 
 @pytest.fixture(scope="session")
-def podman_store(
-    system_deps: subprocess.CompletedProcess[str], tmp_path_factory: pytest.TempPathFactory
-) -> PodmanStore:
-    return PodmanStore(tmp_path_factory.mktemp("podman-store"))
+def podman_store(system_deps: subprocess.CompletedProcess[str]) -> Iterator[PodmanStore]:
+    """One isolated Podman store per session (short path under /tmp, removed at the end)."""
+    store = PodmanStore.create()
+    try:
+        yield store
+    finally:
+        shutil.rmtree(store.base, ignore_errors=True)
 
 
 @pytest.fixture

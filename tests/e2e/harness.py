@@ -545,11 +545,24 @@ def podman_available() -> bool:
 
 @dataclass(frozen=True)
 class PodmanStore:
-    """An isolated Podman state/storage tree under base (nothing in /var/lib/containers)."""
+    """An isolated Podman state/storage tree under base (nothing in /var/lib/containers).
+
+    Podman refuses a runroot longer than 50 characters ("the specified runroot is longer than
+    50 characters"), so base must be short: pytest's tmp_path is not (use `PodmanStore.create`).
+    """
 
     base: Path
 
+    @classmethod
+    def create(cls) -> PodmanStore:
+        """A store in a new short-named dir under /tmp; the caller removes `base` when done."""
+        tmp = "/tmp" if os.path.isdir("/tmp") else None
+        return cls(Path(tempfile.mkdtemp(prefix="nvhook-podman-", dir=tmp)))
+
     def __post_init__(self) -> None:
+        runroot = str(self.base / "runroot")
+        if len(runroot) > 50:
+            raise ValueError(f"Podman needs a runroot of at most 50 characters: {runroot}")
         self.base.mkdir(parents=True, exist_ok=True)
         conf = self.base / "storage.conf"
         if not conf.exists():
@@ -603,11 +616,11 @@ def _store(store: PodmanStore | None) -> Iterator[PodmanStore]:
     if store is not None:
         yield store
         return
-    base = Path(tempfile.mkdtemp(prefix="nvhook-podman-"))
+    st = PodmanStore.create()
     try:
-        yield PodmanStore(base)
+        yield st
     finally:
-        shutil.rmtree(base, ignore_errors=True)
+        shutil.rmtree(st.base, ignore_errors=True)
 
 
 def run_podman(
@@ -642,6 +655,7 @@ def run_podman(
     name = name or new_container_id()
     with _store(store) as st, tempfile.TemporaryDirectory(prefix="nvhook-podman-rootfs-") as tmp:
         private = copy_rootfs(rootfs, Path(tmp) / "rootfs")
+        cidfile = Path(tmp) / "cid"
         cmd = [
             podman,
             *PODMAN_BASE_ARGS,
@@ -652,6 +666,8 @@ def run_podman(
             *_PODMAN_RUN_ARGS,
             "--name",
             name,
+            "--cidfile",
+            str(cidfile),
         ]
         for item in env or []:
             cmd += ["--env", item]
@@ -661,6 +677,22 @@ def run_podman(
 
         def remove() -> None:
             st.podman("rm", "--force", "--time", "0", "--ignore", name, timeout=60)
+            # Killed between `runc create` and recording that in its database, Podman forgets
+            # the runc container (left "created" under /run/runc, with conmon waiting on it).
+            # The cidfile is written before the container is created in runc, so delete by id.
+            try:
+                cid = cidfile.read_text().strip()
+            except FileNotFoundError:
+                return
+            runc = find_binary("runc")
+            if cid and runc is not None:
+                subprocess.run(
+                    [runc, "delete", "--force", cid],
+                    stdin=subprocess.DEVNULL,
+                    capture_output=True,
+                    timeout=30,
+                    check=False,
+                )
 
         # `--rm` removes the container when podman returns normally, even when it fails to
         # start it; remove it here too after a failure, a timeout or an interrupt.

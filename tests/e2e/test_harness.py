@@ -271,3 +271,25 @@ def test_podman_env_and_recording_delegate(
     # adds PATH, TERM=xterm, HOSTNAME and HOME (but not container=podman).
     assert sorted(lines) == sorted(rec.config_env)
     assert {"TERM=xterm", "HOME=/root"} <= set(rec.config_env)
+
+
+def test_podman_timeout_cleans_up(podman: Podman, tmp_path: Path) -> None:
+    runc = find_binary("runc")
+    assert runc is not None
+    hooks_dir = tmp_path / "no-hooks.d"
+    hooks_dir.mkdir()
+
+    with pytest.raises(subprocess.TimeoutExpired):
+        podman.run(hooks_dir, ["/bin/sleep", "600"], timeout=2)
+
+    assert podman.store.podman("ps", "-aq").stdout.split() == []
+    # Podman's runc keeps its state in the default /run/runc: nothing of ours may be left there.
+    listed = subprocess.run(
+        [runc, "list", "--format", "json"], capture_output=True, text=True, check=True
+    )
+    ours = [
+        c["id"]
+        for c in json.loads(listed.stdout or "null") or []
+        if c["bundle"].startswith(str(podman.store.base))
+    ]
+    assert ours == []

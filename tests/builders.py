@@ -1,0 +1,147 @@
+"""Shared builders for the unit tests: OCI specs, the fake NVML inventory, policies."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from fakenvml import GPU0_BUS, GPU0_UUID, GPU1_BUS, GPU1_UUID, MIG_A_UUID, MIG_B_UUID
+
+from nvhook import inventory as inventory_mod
+from nvhook.inventory import Inventory
+from nvhook.policy import Policy
+from nvhook.spec import DEVICE_MOUNT_ROOT, Spec, from_document
+
+CONFIG_PATH = Path("/b/config.json")
+ADMIN = ("CAP_SYS_ADMIN",)
+
+# The fake NVML default topology (tests/fakenvml/fake_nvml.c) in the dry-run JSON format.
+# GPU 1 has an empty MIG slot 1 in NVML, so MIG_B_UUID (slot 2) is its second existing MIG
+# device: "1:1".
+INVENTORY_JSON: dict[str, Any] = {
+    "driver_version": "550.54.15",
+    "gpus": [
+        {
+            "uuid": GPU0_UUID,
+            "pci_bus_id": GPU0_BUS,
+            "minor": 0,
+            "name": "NVIDIA H100 80GB HBM3",
+            "mig_enabled": False,
+            "mig_devices": [],
+        },
+        {
+            "uuid": GPU1_UUID,
+            "pci_bus_id": GPU1_BUS,
+            "minor": 1,
+            "name": "NVIDIA H100 80GB HBM3",
+            "mig_enabled": True,
+            "mig_devices": [
+                {"uuid": MIG_A_UUID, "gi": 1, "ci": 0},
+                {"uuid": MIG_B_UUID, "gi": 2, "ci": 0},
+            ],
+        },
+    ],
+}
+
+# Every live UUID, in the order nvidia-container-cli's "all" selects them.
+ALL_UUIDS = (GPU0_UUID, GPU1_UUID, MIG_A_UUID, MIG_B_UUID)
+
+
+def inventory_json() -> dict[str, Any]:
+    """A fresh copy of INVENTORY_JSON, safe to mutate."""
+    return copy.deepcopy(INVENTORY_JSON)
+
+
+def fake_inventory() -> Inventory:
+    return inventory_mod.from_json(INVENTORY_JSON)
+
+
+def device_mount(device_id: str, source: str = "/dev/null",
+                 root: str = DEVICE_MOUNT_ROOT) -> dict[str, Any]:
+    """A bind mount as the device plugin writes it for the volume-mount channel."""
+    return {
+        "destination": f"{root}/{device_id}",
+        "source": source,
+        "type": "bind",
+        "options": ["ro", "nosuid", "nodev", "bind"],
+    }
+
+
+def mount(source: str, destination: str) -> dict[str, Any]:
+    return {"destination": destination, "source": source, "type": "bind", "options": ["bind"]}
+
+
+def document(
+    env: Sequence[str] = (),
+    caps: Iterable[str] = (),
+    mounts: Sequence[Mapping[str, Any]] = (),
+    annotations: Mapping[str, str] | None = None,
+    devices: Sequence[str] = (),
+    effective: Iterable[str] | None = None,
+) -> dict[str, Any]:
+    """A minimal OCI config.json with the given channels. ``caps`` go into ``bounding``."""
+    caps = list(caps)
+    doc: dict[str, Any] = {
+        "ociVersion": "1.0.2",
+        "process": {
+            "args": ["sh"],
+            "cwd": "/",
+            "env": list(env),
+            "capabilities": {
+                "bounding": caps,
+                "effective": list(caps if effective is None else effective),
+                "permitted": caps,
+            },
+        },
+        "root": {"path": "rootfs"},
+        "hostname": "test",
+        "mounts": [mount("proc", "/proc")] + [dict(m) for m in mounts],
+    }
+    if annotations is not None:
+        doc["annotations"] = dict(annotations)
+    if devices:
+        doc["linux"] = {
+            "devices": [
+                {"path": p, "type": "c", "major": 195, "minor": i} for i, p in enumerate(devices)
+            ]
+        }
+    return doc
+
+
+def make_spec(
+    env: Sequence[str] = (),
+    caps: Iterable[str] = (),
+    mounts: Sequence[Mapping[str, Any]] = (),
+    annotations: Mapping[str, str] | None = None,
+    devices: Sequence[str] = (),
+    effective: Iterable[str] | None = None,
+) -> Spec:
+    return from_document(
+        CONFIG_PATH, document(env, caps, mounts, annotations, devices, effective)
+    )
+
+
+def spec_from(doc: dict[str, Any]) -> Spec:
+    return from_document(CONFIG_PATH, copy.deepcopy(doc))
+
+
+def policy(**overrides: Any) -> Policy:
+    """A Policy with field overrides; string values are coerced by the field's enum."""
+    import dataclasses
+
+    base = Policy()
+    types = {f.name: type(getattr(base, f.name)) for f in dataclasses.fields(Policy)}
+    fields: dict[str, Any] = {}
+    for key, value in overrides.items():
+        kind = types[key]
+        if isinstance(value, str) and kind is not str and issubclass(kind, str):
+            value = kind(value)
+        fields[key] = tuple(value) if isinstance(value, list) else value
+    return dataclasses.replace(base, **fields)
+
+
+def env_values(env: Sequence[str], name: str) -> list[str]:
+    """Every value ``name`` has in an env list, in order."""
+    return [e.partition("=")[2] for e in env if e.partition("=")[0] == name and "=" in e]

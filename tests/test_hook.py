@@ -1,0 +1,178 @@
+"""`nvhook prestart` as a real process: stdin state, decision, rewrite, hand-over."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import fakenvml
+import pytest
+from conftest import Node, runc_state, write_bundle
+
+HEAVY = ("typer", "click", "jsonschema", "pynvml", "tomlkit", "rich")
+
+# Runs nvhook's entry point in-process and reports which heavy modules it imported.
+PROBE = f"""
+import json, sys, runpy
+sys.argv = ["nvhook", *sys.argv[1:]]
+try:
+    runpy.run_module("nvhook", run_name="__main__")
+    code = 0
+except SystemExit as e:
+    code = e.code
+heavy = sorted({{m.split(".")[0] for m in sys.modules}} & set({HEAVY!r}))
+print(json.dumps({{"code": code, "heavy": heavy}}), file=sys.stderr)
+"""
+
+
+def write_delegate(path: Path, record: Path) -> Path:
+    """A stand-in for NVIDIA's hook: records argv, env, stdin and the env it reads."""
+    path.write_text(
+        f"#!{sys.executable} -I\n"
+        "import json, os, sys\n"
+        "state = sys.stdin.buffer.read()\n"
+        "bundle = json.loads(state)['bundle']\n"
+        "spec = json.load(open(os.path.join(bundle, 'config.json')))\n"
+        f"json.dump({{'argv': sys.argv, 'env': dict(os.environ), 'stdin': state.decode(),\n"
+        f"           'spec_env': spec['process']['env']}}, open({str(record)!r}, 'w'))\n"
+    )
+    path.chmod(0o755)
+    return path
+
+
+def probe(node: Node, args: list[str], stdin: bytes) -> dict:
+    proc = subprocess.run([sys.executable, "-c", PROBE, *args], input=stdin,
+                          capture_output=True, env=node.env(), timeout=60, check=False)
+    return json.loads(proc.stderr.decode().strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        pytest.param(["PATH=/bin", "HOME=/root"], id="no NVIDIA variables"),
+        pytest.param([], id="empty env"),
+        pytest.param(["MY_NVIDIA_VISIBLE_DEVICES=all", "CUDA_VERSION_X=12", "nvidia=1"],
+                     id="look-alike names"),
+    ],
+)
+def test_no_gpu_container_takes_the_fast_path(node: Node, tmp_path: Path, env: list[str]) -> None:
+    bundle = write_bundle(tmp_path / "b", env)
+    out = probe(node, ["--config", str(node.config), "prestart"], runc_state(bundle))
+    assert out == {"code": 0, "heavy": []}
+    assert node.audit_lines() == []
+
+
+def test_gpu_request_takes_the_full_path(node: Node, tmp_path: Path) -> None:
+    bundle = write_bundle(tmp_path / "b", ["NVIDIA_VISIBLE_DEVICES=all"])
+    out = probe(node, ["--config", str(node.config), "prestart"], runc_state(bundle))
+    assert out["code"] == 3
+    assert "typer" in out["heavy"]
+
+
+@pytest.mark.parametrize("stage", ["poststart", "poststop", "createContainer", "startContainer"])
+def test_other_stages_do_nothing(node: Node, tmp_path: Path, stage: str) -> None:
+    bundle = write_bundle(tmp_path / "b", ["NVIDIA_VISIBLE_DEVICES=all"])
+    proc = node.run(["--config", str(node.config), stage], stdin=runc_state(bundle))
+    assert (proc.returncode, proc.stderr) == (0, b"")
+    assert node.audit_lines() == []
+
+
+def test_denial_is_one_line_and_leaves_config_untouched(node: Node, tmp_path: Path) -> None:
+    bundle = write_bundle(tmp_path / "b", ["PATH=/bin", "NVIDIA_VISIBLE_DEVICES=all"])
+    before = (bundle / "config.json").read_bytes()
+    proc = node.run(["--config", str(node.config), "prestart"], stdin=runc_state(bundle))
+    assert proc.returncode == 3
+    lines = proc.stderr.decode().splitlines()
+    assert lines == [
+        "nvhook: denied: NVIDIA_VISIBLE_DEVICES=all: an unprivileged container may not have "
+        'every GPU (policy.all = "privileged")'
+    ]
+    assert (bundle / "config.json").read_bytes() == before
+    [entry] = node.audit_lines()
+    assert entry["decision"] == "deny" and entry["container"] == "ctr-1"
+
+
+def test_allow_execs_the_delegate_with_clean_env_and_same_stdin(node: Node,
+                                                                 tmp_path: Path) -> None:
+    record = tmp_path / "record.json"
+    delegate = write_delegate(tmp_path / "nvidia-hook", record)
+    node.write_config(
+        f'[delegate]\npath = "{delegate}"\nargs = ["-config=/etc/nvct.toml", "prestart"]\n'
+        'env = ["PATH=/usr/bin:/bin", "NVHOOK_TEST=1"]\n'
+    )
+    bundle = write_bundle(tmp_path / "b", [f"NVIDIA_VISIBLE_DEVICES={fakenvml.GPU0_UUID}",
+                                           "LD_PRELOAD=/evil.so"])
+    before = (bundle / "config.json").read_bytes()
+    state = runc_state(bundle)
+    proc = node.run(["--config", str(node.config), "prestart"], stdin=state,
+                    extra={"LD_PRELOAD": "", "PYTHONPATH": "/nowhere", "SECRET": "x"})
+    assert proc.returncode == 0, proc.stderr
+    seen = json.loads(record.read_text())
+    assert seen["argv"][1:] == ["-config=/etc/nvct.toml", "prestart"]
+    assert seen["stdin"] == state.decode()
+    # Exactly the configured env (plus what the interpreter itself adds).
+    assert {k: v for k, v in seen["env"].items() if k != "LC_CTYPE"} == {
+        "PATH": "/usr/bin:/bin", "NVHOOK_TEST": "1"}
+    assert (bundle / "config.json").read_bytes() == before  # allow: no rewrite
+    [entry] = node.audit_lines()
+    assert entry["decision"] == "allow" and entry["granted"] == [fakenvml.GPU0_UUID]
+
+
+def test_rewrite_is_atomic_and_keeps_mode_and_fields(node: Node, tmp_path: Path) -> None:
+    record = tmp_path / "record.json"
+    delegate = write_delegate(tmp_path / "nvidia-hook", record)
+    node.write_config(f'[policy]\nmode = "rewrite"\n[delegate]\npath = "{delegate}"\n')
+    env = ["A=1", "NVIDIA_VISIBLE_DEVICES=1", "B=2", "NVIDIA_VISIBLE_DEVICES=0,1:1", "C=3"]
+    bundle = write_bundle(tmp_path / "b", env, mode=0o600,
+                          extra={"hostname": "h", "linux": {"namespaces": [{"type": "pid"}]}})
+    before = json.loads((bundle / "config.json").read_text())
+    proc = node.run(["--config", str(node.config), "prestart"], stdin=runc_state(bundle))
+    assert proc.returncode == 0, proc.stderr
+    after = json.loads((bundle / "config.json").read_text())
+    canonical = f"NVIDIA_VISIBLE_DEVICES={fakenvml.GPU0_UUID},{fakenvml.MIG_B_UUID}"
+    assert after["process"]["env"] == ["A=1", canonical, "B=2", "C=3"]
+    after["process"]["env"] = before["process"]["env"]
+    assert after == before
+    assert stat.S_IMODE(os.stat(bundle / "config.json").st_mode) == 0o600
+    assert sorted(os.listdir(bundle)) == ["config.json"]
+    assert json.loads(record.read_text())["spec_env"][1] == canonical
+
+
+def test_fail_closed_when_nvml_is_missing(node: Node, tmp_path: Path) -> None:
+    bundle = write_bundle(tmp_path / "b", [f"NVIDIA_VISIBLE_DEVICES={fakenvml.GPU0_UUID}"])
+    proc = node.run(["--config", str(node.config), "prestart"], stdin=runc_state(bundle),
+                    nvml=False)
+    assert proc.returncode == 3
+    assert proc.stderr.decode().startswith("nvhook: denied: NVIDIA_VISIBLE_DEVICES=GPU-")
+    assert "libnvidia-ml.so.1 not found" in proc.stderr.decode()
+
+
+def test_granted_gpu_without_delegate_is_an_error(node: Node, tmp_path: Path) -> None:
+    node.write_config('[delegate]\npath = "/nonexistent/nvidia-container-runtime-hook"\n')
+    bundle = write_bundle(tmp_path / "b", [f"NVIDIA_VISIBLE_DEVICES={fakenvml.GPU0_UUID}"])
+    proc = node.run(["--config", str(node.config), "prestart"], stdin=runc_state(bundle))
+    assert proc.returncode == 8
+    assert proc.stderr.decode().count("\n") == 1
+    assert "NVIDIA's hook not found" in proc.stderr.decode()
+
+
+def test_sarus_config_flag_alias(node: Node, tmp_path: Path) -> None:
+    bundle = write_bundle(tmp_path / "b", ["NVIDIA_VISIBLE_DEVICES=all"])
+    node.write_config('[policy]\nall = "always"\nmode = "audit"\n')
+    proc = node.run([f"-config={node.config}", "prestart"], stdin=runc_state(bundle))
+    assert proc.returncode == 0, proc.stderr
+    assert node.audit_lines()[0]["mode"] == "audit"
+
+
+def test_failing_audit_write_never_fails_the_container(node: Node, tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    node.write_config(f'[audit]\npath = "{blocker}/audit.jsonl"\n')
+    bundle = write_bundle(tmp_path / "b", [f"NVIDIA_VISIBLE_DEVICES={fakenvml.GPU0_UUID}"])
+    proc = node.run(["--config", str(node.config), "prestart"], stdin=runc_state(bundle))
+    assert proc.returncode == 0
+    assert proc.stderr.decode().startswith("nvhook: warning: audit log")
