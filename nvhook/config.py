@@ -75,7 +75,7 @@ def load(explicit: str | None = None, environ: Mapping[str, str] = os.environ) -
         data = path.read_bytes()
     except FileNotFoundError:
         if named:
-            raise ConfigError(f"{path}: config file not found") from None
+            raise ConfigError(f"{path}: config file does not exist") from None
         return Config()
     except OSError as e:
         raise ConfigError(f"{path}: cannot read config file: {e.strerror}") from None
@@ -114,7 +114,7 @@ class _Reader:
             rules=self.rules(rules_doc),
             inventory=self.inventory(self.table(doc, "inventory")),
             delegate=self.delegate(self.table(doc, "delegate")),
-            audit_path=self.string(self.table(doc, "audit"), "path", "audit", DEFAULT_AUDIT_PATH),
+            audit_path=self.audit(self.table(doc, "audit")),
             runtime_path=self.runtime(self.table(doc, "runtime")),
             swarm_resource=self.swarm_resource(self.table(doc, "request")),
         )
@@ -191,6 +191,10 @@ class _Reader:
             if "=" not in entry:
                 raise self.fail(f"delegate.env[{i}]", f"expected NAME=VALUE, got {entry!r}")
         return DelegateSettings(path, tuple(args), tuple(env))
+
+    def audit(self, doc: dict[str, Any]) -> str:
+        self.only(doc, "audit", {"path"})
+        return self.string(doc, "path", "audit", DEFAULT_AUDIT_PATH)
 
     def runtime(self, doc: dict[str, Any]) -> str:
         self.only(doc, "runtime", {"path"})

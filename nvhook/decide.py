@@ -20,6 +20,7 @@ from nvhook.errors import InventoryError
 from nvhook.inventory import Device, Gpu, IdForm, Inventory, MigDevice, Resolution, Unresolved
 from nvhook.policy import AllRule, DeviceNodes, Indices, MigConfig, Mode, Policy, Trust
 from nvhook.request import (
+    CDI_ANNOTATION_PREFIX,
     DRIVER_CAPABILITIES,
     MIG_CONFIG_DEVICES,
     MIG_MONITOR_DEVICES,
@@ -29,6 +30,7 @@ from nvhook.request import (
     cdi_device_name,
     device_mount_id,
     is_gpu_node,
+    split_ids,
 )
 from nvhook.spec import DEVICE_MOUNT_ROOT, Spec
 
@@ -200,7 +202,7 @@ class _Judge:
     def judge_cdi(self) -> list[tuple[str, list[Device]]]:
         kept = []
         for c in self.request.nvidia_cdi:
-            if c.name.startswith(_NON_GPU_CDI_KINDS):
+            if not _judged_cdi(c.name):
                 continue
             label = f"annotation {c.annotation}={c.name}"
             if self.trusted(self.policy.cdi_annotations, "cdi-annotations", label,
@@ -276,10 +278,12 @@ class _Judge:
         bad = [c for c in wanted if c not in allowed]
         if not bad:
             return None
-        self.violate(label, f"capabilities not allowed: {', '.join(bad)}",
-                     self.rule("driver-capabilities"))
         kept = tuple(c for c in wanted if c in allowed)
-        return kept or (("utility",) if "utility" in allowed else allowed[:1])
+        kept = kept or (("utility",) if "utility" in allowed else allowed[:1])
+        # An empty value reads as NVIDIA's default: with nothing allowed, no edit can help.
+        self.violate(label, f"capabilities not allowed: {', '.join(bad)}",
+                     self.rule("driver-capabilities"), fixable=bool(kept))
+        return kept
 
     def judge_mig(self) -> bool:
         """-> True when the NVIDIA_MIG_* variables must be cleared."""
@@ -351,12 +355,14 @@ class _Judge:
         keep = {name for name, _ in kept}
         out: dict[str, str] = {}
         for key, value in self.spec.doc.get("annotations", {}).items():
-            names = [c.name for c in self.request.cdi if c.annotation == key]
-            if not names:
+            if not key.startswith(CDI_ANNOTATION_PREFIX):
                 out[key] = value
                 continue
+            # Read the value itself: request.cdi lists a name once even when several
+            # annotations repeat it, and a repeat must not bring a refused name back.
+            names = split_ids(value)
             # Non-GPU names (another vendor, IMEX channels) are not ours to drop.
-            left = [n for n in names if n in keep or not _is_gpu_cdi(n)]
+            left = [n for n in names if n in keep or not _judged_cdi(n)]
             if left:
                 out[key] = value if left == names else ",".join(left)
         return out
@@ -389,6 +395,11 @@ def _is_gpu_cdi(name: str) -> bool:
     return parsed is not None and parsed[0].startswith("nvidia.com/") and not name.startswith(
         _NON_GPU_CDI_KINDS
     )
+
+
+def _judged_cdi(name: str) -> bool:
+    """The CDI names ``judge_cdi`` rules on: NVIDIA's, less the kinds that attach no GPU."""
+    return name.startswith("nvidia.com/") and not name.startswith(_NON_GPU_CDI_KINDS)
 
 
 def _uuids(devices: Iterable[Device]) -> tuple[str, ...]:

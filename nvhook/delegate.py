@@ -26,7 +26,7 @@ def find(settings: DelegateSettings) -> Path | None:
             return found
     where = "" if settings.path and os.path.isabs(settings.path) else f" on PATH={SAFE_PATH}"
     raise DelegateError(
-        f"delegate.path: NVIDIA's hook not found ({' or '.join(names)}{where}); "
+        f"delegate.path: NVIDIA's hook is missing ({' or '.join(names)}{where}); "
         'install nvidia-container-toolkit, or set delegate.path = "" for policy only'
     )
 

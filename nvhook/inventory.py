@@ -260,7 +260,7 @@ def load_file(path: Path) -> Inventory:
     try:
         data = json.loads(path.read_bytes())
     except FileNotFoundError:
-        raise InventoryError(f"{path}: inventory file not found") from None
+        raise InventoryError(f"{path}: inventory file does not exist") from None
     except OSError as e:
         raise InventoryError(f"{path}: cannot read inventory file: {e.strerror}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:

@@ -41,7 +41,7 @@ def _as_inventory_error(e: BaseException) -> InventoryError:
     import pynvml
 
     if isinstance(e, pynvml.NVMLError_LibraryNotFound):
-        return InventoryError("NVML unavailable: libnvidia-ml.so.1 not found (no NVIDIA driver?)")
+        return InventoryError("NVML unavailable: cannot load libnvidia-ml.so.1 (no NVIDIA driver?)")
     if isinstance(e, pynvml.NVMLError_DriverNotLoaded):
         return InventoryError("NVML unavailable: the NVIDIA driver is not loaded")
     if isinstance(e, pynvml.NVMLError):

@@ -148,7 +148,7 @@ def test_fail_closed_when_nvml_is_missing(node: Node, tmp_path: Path) -> None:
                     nvml=False)
     assert proc.returncode == 3
     assert proc.stderr.decode().startswith("nvhook: denied: NVIDIA_VISIBLE_DEVICES=GPU-")
-    assert "libnvidia-ml.so.1 not found" in proc.stderr.decode()
+    assert "cannot load libnvidia-ml.so.1" in proc.stderr.decode()
 
 
 def test_granted_gpu_without_delegate_is_an_error(node: Node, tmp_path: Path) -> None:
@@ -157,7 +157,7 @@ def test_granted_gpu_without_delegate_is_an_error(node: Node, tmp_path: Path) ->
     proc = node.run(["--config", str(node.config), "prestart"], stdin=runc_state(bundle))
     assert proc.returncode == 8
     assert proc.stderr.decode().count("\n") == 1
-    assert "NVIDIA's hook not found" in proc.stderr.decode()
+    assert "NVIDIA's hook is missing" in proc.stderr.decode()
 
 
 def test_sarus_config_flag_alias(node: Node, tmp_path: Path) -> None:

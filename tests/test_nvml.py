@@ -61,7 +61,7 @@ def test_big_topology(fake_nvml: Path, tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("kw", "expected"),
     [
-        pytest.param({"libdir": None}, "libnvidia-ml.so.1 not found", id="no library"),
+        pytest.param({"libdir": None}, "cannot load libnvidia-ml.so.1", id="no library"),
         pytest.param({"fail": "driver_not_loaded"}, "driver is not loaded",
                      id="driver not loaded"),
         pytest.param({"fail": "no_permission"}, "NVML error", id="no permission"),

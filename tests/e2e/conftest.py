@@ -10,21 +10,20 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from .harness import (
+    BundleFactory,
+    Podman,
     PodmanStore,
-    Record,
+    Recorder,
     make_bundle,
     make_rootfs,
     podman_available,
-    read_record,
-    run_podman,
     write_recording_delegate,
 )
 
@@ -66,9 +65,6 @@ def rootfs(
     return make_rootfs(tmp_path_factory.mktemp("rootfs", numbered=True) / "rootfs")
 
 
-BundleFactory = Callable[..., Path]
-
-
 @pytest.fixture
 def bundle_factory(rootfs: Path, tmp_path: Path) -> BundleFactory:
     """`bundle_factory(args=[...], env=[...], hooks=..., ...) -> bundle dir` under tmp_path.
@@ -83,37 +79,14 @@ def bundle_factory(rootfs: Path, tmp_path: Path) -> BundleFactory:
     return factory
 
 
-@dataclass(frozen=True)
-class Recorder:
-    """A recording stand-in for NVIDIA's hook (`path`) and where it records (`record_dir`)."""
-
-    path: Path
-    record_dir: Path
-
-    def read(self) -> Record | None:
-        return read_record(self.record_dir)
-
-
 @pytest.fixture
 def recorder(tmp_path: Path) -> Recorder:
+    """A recording delegate (`write_recording_delegate`) under tmp_path; `.read()` its record."""
     record_dir = tmp_path / "delegate-record"
     path = write_recording_delegate(
         tmp_path / "delegate" / "nvidia-container-runtime-hook", record_dir
     )
     return Recorder(path=path, record_dir=record_dir)
-
-
-@dataclass(frozen=True)
-class Podman:
-    """run_podman bound to the session's rootfs and isolated store."""
-
-    rootfs: Path
-    store: PodmanStore
-
-    def run(
-        self, hooks_dir: Path, args: list[str], **kwargs: Any
-    ) -> subprocess.CompletedProcess[str]:
-        return run_podman(self.rootfs, hooks_dir, args, store=self.store, **kwargs)
 
 
 @pytest.fixture(scope="session")

@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import BundleFactory, Podman, Recorder
 from .harness import (
     HOOK_ENV,
+    BundleFactory,
+    Podman,
+    Recorder,
     bind_mount,
     find_binary,
     new_container_id,

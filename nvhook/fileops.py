@@ -1,0 +1,102 @@
+"""Bytes-level file changes for files users own: atomic replace, timestamped backups.
+
+``spec.write_atomic`` serialises a JSON document for the hot path; install and
+``config set`` write arbitrary text (TOML, JSON, a shell wrapper) and create
+files that do not exist yet, so they share this small writer instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+
+from nvhook.errors import WriteError
+
+
+def utc_stamp(now: datetime | None = None) -> str:
+    return (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
+
+
+def backup(path: Path, stamp: str) -> Path:
+    """Copy ``path`` to ``<path>.nvhook-bak.<stamp>`` (never over an existing backup)."""
+    target = path.with_name(f"{path.name}.nvhook-bak.{stamp}")
+    n = 1
+    while target.exists():  # two changes of one file within a second
+        target = path.with_name(f"{path.name}.nvhook-bak.{stamp}.{n}")
+        n += 1
+    try:
+        shutil.copy2(path, target)
+    except OSError as e:
+        raise WriteError(f"{path}: cannot back up to {target}: {e.strerror}") from None
+    return target
+
+
+def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Replace (or create) ``path`` so that a reader sees the old or the new bytes, never a mix.
+
+    An existing file keeps its mode and owner; a new one gets ``mode``. Missing parent
+    directories are created 0755, as package managers do for /etc subtrees.
+    """
+    directory = path.parent
+    try:
+        directory.mkdir(mode=0o755, parents=True, exist_ok=True)
+    except OSError as e:
+        raise WriteError(f"{directory}: cannot create directory: {e.strerror}") from None
+    try:
+        st: os.stat_result | None = os.stat(path)
+    except FileNotFoundError:
+        st = None
+    except OSError as e:
+        raise WriteError(f"{path}: cannot stat before writing: {e.strerror}") from None
+    tmp = directory / f".{path.name}.nvhook-{os.getpid()}.tmp"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        raise WriteError(f"{tmp}: cannot create temp file: {e.strerror}") from None
+    try:
+        try:
+            if st is not None:
+                with contextlib.suppress(PermissionError):
+                    os.fchown(fd, st.st_uid, st.st_gid)
+            os.fchmod(fd, (st.st_mode & 0o7777) if st is not None else mode)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise WriteError(f"{path}: write failed, file left as it was: {e.strerror}") from None
+    fsync_dir(directory)
+
+
+def rename(src: Path, dst: Path) -> None:
+    try:
+        os.rename(src, dst)
+    except OSError as e:
+        raise WriteError(f"{src}: cannot move to {dst}: {e.strerror}") from None
+    fsync_dir(src.parent)
+
+
+def fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_optional(path: Path) -> bytes | None:
+    """The file's bytes, or None when it does not exist."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise WriteError(f"{path}: cannot read: {e.strerror}") from None
