@@ -45,27 +45,9 @@ def _guard(fn: Callable[[], T]) -> T:
 
 
 def run(argv: list[str]) -> None:
-    """Run the typer app with nvhook's error mapping."""
-    import click
-
-    try:
-        # Without standalone mode click returns an Exit's code instead of raising it.
-        result = app(args=argv, prog_name="nvhook", standalone_mode=False)
-        sys.exit(result if isinstance(result, int) else 0)
-    except click.exceptions.Exit as e:
-        sys.exit(e.exit_code)
-    except click.ClickException as e:
-        e.show()
-        sys.exit(int(ExitStatus.USAGE))
-    except click.exceptions.Abort:
-        fail("aborted", ExitStatus.INTERNAL)
-    except (NvhookError, KeyboardInterrupt, Exception) as e:
-        error = e
-        _guard(lambda: _reraise(error))
-
-
-def _reraise(e: BaseException) -> NoReturn:
-    raise e
+    """Run the typer app. Usage errors are typer's (exit 2); everything a command
+    raises has already gone through ``_guard``, and anything else is still one line."""
+    _guard(lambda: app(args=argv, prog_name="nvhook"))
 
 
 def run_hook(argv: list[str], raw: bytes, preloaded: Any) -> NoReturn:
@@ -137,3 +119,85 @@ def explain(
         return int(ExitStatus.DENIED) if denied else 0
 
     raise typer.Exit(_guard(go))
+
+
+def _config_option(ctx: typer.Context) -> str | None:
+    """``--config``, then $NVHOOK_CONFIG, as the hook path reads them."""
+    import os
+
+    return ctx.obj or os.environ.get(config_mod.CONFIG_ENV) or None
+
+
+def _verbatim_args(parsed: list[str], command: str) -> list[str]:
+    """The args after ``command`` exactly as given: click drops a ``--`` from its
+    extra args, and a runtime's argv must be forwarded untouched."""
+    from nvhook.entry import _stage_word
+
+    argv = sys.argv[1:]
+    if _stage_word(argv) == command:
+        tail = argv[argv.index(command) + 1:]
+        if [a for a in tail if a != "--"] == [a for a in parsed if a != "--"]:
+            return tail
+    return parsed
+
+
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
+def runtime(ctx: typer.Context) -> None:
+    """Stand in for runc (Docker, containerd): judge the bundle on `create`, then exec
+    the real runtime with the same arguments."""
+    import os
+
+    from nvhook import shim
+
+    args = _verbatim_args(list(ctx.args), "runtime")
+    target = _guard(lambda: shim.run(args, _config_option(ctx)))
+
+    def go() -> None:
+        try:
+            os.execv(target.path, list(target.argv))
+        except OSError as e:
+            from nvhook.errors import DelegateError
+
+            raise DelegateError(f"{target.path}: cannot run the runtime: {e.strerror}") from None
+
+    _guard(go)
+
+
+@app.command()
+def precreate(ctx: typer.Context) -> None:
+    """Run as a Podman precreate hook: the OCI config on stdin, the decided config on stdout."""
+    from nvhook import precreate as precreate_mod
+
+    raw = sys.stdin.buffer.read()
+    out = _guard(lambda: precreate_mod.precreate(raw, _config_option(ctx)))
+    sys.stdout.buffer.write(out)
+    sys.stdout.buffer.flush()
+
+
+@app.command()
+def devices(
+    ctx: typer.Context,
+    inventory: Annotated[
+        Path | None, typer.Option("--inventory", help="A JSON inventory file instead of NVML.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the inventory as JSON.")] = False,
+) -> None:
+    """List the GPUs and MIG devices nvhook sees, with the ids a request may use."""
+    from nvhook import devices as devices_mod
+    from nvhook.engine import read_inventory
+    from nvhook.errors import InventoryError
+
+    def go() -> None:
+        config = load_config(ctx) if inventory is None else config_mod.Config()
+        found = read_inventory(config, inventory)
+        if isinstance(found, InventoryError):
+            raise found
+        if as_json:
+            print(json.dumps(found.as_json(), indent=2))
+        else:
+            print(devices_mod.as_text(found))
+
+    _guard(go)

@@ -71,7 +71,7 @@ def test_explicit_missing_file_is_an_error(no_default, tmp_path):
     missing = tmp_path / "nope.toml"
     with pytest.raises(ConfigError) as exc:
         config.load(str(missing), environ={})
-    assert str(exc.value) == f"{missing}: config file not found"
+    assert str(exc.value) == f"{missing}: config file does not exist"
     assert exc.value.status is ExitStatus.CONFIG
 
 
@@ -85,7 +85,7 @@ def test_nvhook_config_env_names_the_file(no_default, tmp_path):
 
 def test_nvhook_config_env_missing_file_is_an_error(no_default, tmp_path):
     missing = tmp_path / "env-missing.toml"
-    with pytest.raises(ConfigError, match="config file not found"):
+    with pytest.raises(ConfigError, match="config file does not exist"):
         config.load(None, environ={"NVHOOK_CONFIG": str(missing)})
 
 

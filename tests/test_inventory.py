@@ -309,7 +309,7 @@ def test_load_file_reads_the_dry_run_format(tmp_path):
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        P(None, "inventory file not found", id="missing file"),
+        P(None, "inventory file does not exist", id="missing file"),
         P(b"{", "inventory file is not valid JSON", id="truncated JSON"),
         P(b"\xff\xfe\x00", "inventory file is not valid JSON", id="not UTF-8"),
         P(b"[]", "expected a JSON object", id="JSON array"),

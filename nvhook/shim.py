@@ -1,0 +1,334 @@
+"""The runtime shim: ``nvhook runtime [RUNTIME ARGS...]`` stands in for runc.
+
+Docker and containerd have no hooks.d, so nvhook is registered as the runtime
+itself. On ``create`` it judges ``<bundle>/config.json`` *before* the low-level
+runtime reads it, so its env edits reach the container process (a prestart hook
+is too late for that). Then, and for every other subcommand, it execs the real
+runtime with the original argv, untouched.
+
+Returns what to exec; the CLI does it.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import sys
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nvhook import audit, delegate
+from nvhook import config as config_mod
+from nvhook import spec as spec_mod
+from nvhook.config import SAFE_PATH, Config
+from nvhook.decide import Outcome, rewrite_entries
+from nvhook.engine import Evaluation, evaluate
+from nvhook.errors import DelegateError, DeniedError
+from nvhook.inventory import Gpu, Inventory, MigDevice
+from nvhook.policy import Mode
+from nvhook.request import Kind, parse
+
+CUDA_VISIBLE_DEVICES = "CUDA_VISIBLE_DEVICES"
+# runc's global options that take a value (urfave/cli: "-x v", "--x v", "--x=v").
+GLOBAL_VALUE_OPTIONS = frozenset({"root", "log", "log-format", "criu", "rootless"})
+# `runc create` options that take a value.
+CREATE_VALUE_OPTIONS = frozenset({"bundle", "b", "console-socket", "pid-file", "preserve-fds"})
+# A hook with one of these basenames already hands the container to NVIDIA's stack.
+NVIDIA_HOOK_NAMES = frozenset({"nvidia-container-runtime-hook", "nvidia-container-toolkit",
+                               "nvhook"})
+# Runtimes that add NVIDIA's hook themselves: inserting ours too would run it twice.
+NVIDIA_RUNTIMES = frozenset({"nvidia-container-runtime", "nvidia-container-runtime.legacy"})
+
+
+@dataclass(frozen=True)
+class RuntimeCall:
+    """What the engine asked the runtime to do, as far as nvhook cares."""
+
+    args: tuple[str, ...]
+    subcommand: str | None
+    bundle: Path | None = None  # only for create: --bundle, else the cwd
+    container_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Exec:
+    """Exec ``path`` with ``argv`` (argv[0] first), keeping the environment."""
+
+    path: Path
+    argv: tuple[str, ...]
+
+
+def _option(arg: str) -> tuple[str, str | None] | None:
+    """``--x=v`` / ``-x v`` -> (name, inline value); None for a positional arg.
+
+    Go's flag package takes one or two dashes alike, so runc does too.
+    """
+    if not arg.startswith("-") or arg in ("-", "--"):
+        return None
+    name, eq, value = arg.lstrip("-").partition("=")
+    return name, (value if eq else None)
+
+
+def parse_argv(args: Sequence[str]) -> RuntimeCall:
+    """Find the subcommand word and, for ``create``, its bundle and container id.
+
+    The subcommand is the first positional argument that is not an option's value,
+    so ``runc --root create state`` is ``state`` and ``--bundle create`` is a path.
+    """
+    args = tuple(args)
+    i = 0
+    while i < len(args):
+        opt = _option(args[i])
+        if opt is None:
+            break
+        if args[i] == "--":
+            return RuntimeCall(args, None)
+        name, inline = opt
+        i += 2 if name in GLOBAL_VALUE_OPTIONS and inline is None else 1
+    else:
+        return RuntimeCall(args, None)
+    if args[i] == "--":
+        return RuntimeCall(args, None)
+    subcommand = args[i]
+    if subcommand != "create":
+        return RuntimeCall(args, subcommand)
+    # urfave/cli v1 moves flags given after the id in front of it, so scan them all.
+    bundle: str | None = None
+    container_id: str | None = None
+    rest = args[i + 1:]
+    j = 0
+    while j < len(rest):
+        arg = rest[j]
+        if arg == "--":
+            if container_id is None and j + 1 < len(rest):
+                container_id = rest[j + 1]
+            break
+        opt = _option(arg)
+        if opt is None:
+            if container_id is None:
+                container_id = arg
+            j += 1
+            continue
+        name, inline = opt
+        value = inline
+        if name in CREATE_VALUE_OPTIONS and inline is None:
+            value = rest[j + 1] if j + 1 < len(rest) else None
+            j += 1
+        if name in ("bundle", "b") and value is not None:
+            bundle = value  # the last one wins, as with Go's flag package
+        j += 1
+    return RuntimeCall(args, subcommand, Path(bundle) if bundle else Path.cwd(), container_id)
+
+
+def reindex_cuda(env: Sequence[str], granted: Sequence[str],
+                 inventory: Inventory | None) -> tuple[str, ...]:
+    """Point ``CUDA_VISIBLE_DEVICES`` at the granted devices as the container sees them.
+
+    Only when the variable is present and something was granted. The container
+    enumerates its GPUs in host NVML index order, so a GPU gets its rank among the
+    granted GPUs (host 3,1,5 -> "1,0,2", as Sarus does); a MIG device gets its UUID,
+    which CUDA accepts and which needs no enumeration rule. A UUID the inventory does
+    not know is passed as the UUID itself.
+    """
+    if not granted or not any(e.partition("=")[0] == CUDA_VISIBLE_DEVICES and "=" in e
+                              for e in env):
+        return tuple(env)
+    devices = [inventory.by_uuid(u) if inventory is not None else None for u in granted]
+    gpu_order = sorted((d.index, d.uuid) for d in devices if isinstance(d, Gpu))
+    rank = {uuid: n for n, (_, uuid) in enumerate(gpu_order)}
+    items = []
+    for uuid, device in zip(granted, devices, strict=True):
+        if isinstance(device, Gpu):
+            items.append(str(rank[device.uuid]))
+        elif isinstance(device, MigDevice):
+            items.append(device.uuid)
+        else:
+            items.append(uuid)
+    value = ",".join(dict.fromkeys(items))
+    return rewrite_entries(env, {CUDA_VISIBLE_DEVICES: f"{CUDA_VISIBLE_DEVICES}={value}"})
+
+
+def decided_document(evaluation: Evaluation) -> dict[str, Any]:
+    """The spec document after the decision, with the env edits only a pre-create
+    stage can make: ``CUDA_VISIBLE_DEVICES`` re-indexed. Raises ``DeniedError``.
+
+    Audit mode changes nothing, so it gets the document as it came.
+    """
+    decision = evaluation.decision
+    if decision.outcome is Outcome.DENY:
+        raise DeniedError(decision.denial)
+    spec = evaluation.spec
+    doc = decision.doc if decision.doc is not None else spec.doc
+    doc = copy.deepcopy(doc)
+    if decision.outcome is Outcome.SKIP or decision.policy.mode is Mode.AUDIT:
+        return doc
+    inventory = evaluation.inventory if isinstance(evaluation.inventory, Inventory) else None
+    env = list(decision.env) if decision.doc is not None else list(spec.env)
+    new_env = reindex_cuda(env, decision.granted, inventory)
+    if new_env != tuple(env):
+        doc.setdefault("process", {})["env"] = list(new_env)
+    return doc
+
+
+def wants_nvidia_hook(evaluation: Evaluation, doc: Mapping[str, Any], config: Config) -> bool:
+    """Whether the runtime must be given a hook that attaches the GPUs.
+
+    Only when something was granted or ``none`` (driver libraries, no GPU) is kept.
+    """
+    decision = evaluation.decision
+    if decision.outcome not in (Outcome.ALLOW, Outcome.REWRITE):
+        return False
+    if Path(config.runtime_path).name in NVIDIA_RUNTIMES:
+        return False
+    if _has_nvidia_hook(doc):
+        return False
+    if decision.granted:
+        return True
+    final = spec_mod.from_document(evaluation.spec.path, dict(doc))
+    return parse(final, config.swarm_resource).env.devices.kind is Kind.NONE
+
+
+def _has_nvidia_hook(doc: Mapping[str, Any]) -> bool:
+    hooks = doc.get("hooks")
+    if not isinstance(hooks, dict):
+        return False
+    for stage in ("prestart", "createRuntime"):
+        for hook in hooks.get(stage) or []:
+            if isinstance(hook, dict) and Path(str(hook.get("path", ""))).name in NVIDIA_HOOK_NAMES:
+                return True
+    return False
+
+
+def with_prestart_hook(doc: dict[str, Any], nvhook: Path, config: Config) -> dict[str, Any]:
+    """Append nvhook's own prestart hook, which re-checks and hands over to NVIDIA's."""
+    args = ["nvhook"]
+    if config.path is not None:
+        # The hook gets only PATH in its env, so NVHOOK_CONFIG would not reach it.
+        args += ["--config", str(config.path)]
+    args.append("prestart")
+    out = copy.deepcopy(doc)
+    hooks = out.get("hooks")
+    if not isinstance(hooks, dict):
+        hooks = out["hooks"] = {}
+    prestart = hooks.get("prestart")
+    if not isinstance(prestart, list):
+        prestart = hooks["prestart"] = []
+    prestart.append({"path": str(nvhook), "args": args, "env": [f"PATH={SAFE_PATH}"]})
+    return out
+
+
+def nvhook_executable() -> Path:
+    """nvhook's own console script, for the hook entry (it must be an absolute path)."""
+    candidates = []
+    if sys.argv and Path(sys.argv[0]).name == "nvhook":
+        candidates.append(Path(sys.argv[0]).absolute())
+    candidates.append(Path(sys.executable).with_name("nvhook"))
+    for path in candidates:
+        if path.is_file() and os.access(path, os.X_OK):
+            return path
+    found = delegate.which("nvhook")
+    if found is None:
+        raise DelegateError(f"cannot find nvhook's own executable (on PATH={SAFE_PATH}) "
+                            "for the prestart hook it must insert")
+    return found
+
+
+def resolve_runtime(name: str, environ: Mapping[str, str] = os.environ) -> Path:
+    """The low-level runtime. A bare name is looked up on the engine's PATH (the
+    daemon's, not a container's), then on the safe PATH."""
+    if os.sep in name:
+        path = Path(name)
+        if path.is_file() and os.access(path, os.X_OK):
+            return path.absolute()
+        raise DelegateError(f"runtime.path: {name}: not found or not executable")
+    for search in (environ.get("PATH"), SAFE_PATH):
+        found = shutil.which(name, path=search) if search else None
+        if found:
+            return Path(found)
+    raise DelegateError(f"runtime.path: {name!r} not found on PATH or {SAFE_PATH}")
+
+
+def runtime_name(config_option: str | None, environ: Mapping[str, str] = os.environ) -> str:
+    """``runtime.path`` read leniently, for every path that must not fail on a broken
+    config: ``delete``, ``kill`` and ``state`` of a running container must keep working
+    while the config is being fixed. Warns on stderr and falls back to "runc"."""
+    path, named = config_mod.config_path(config_option, environ)
+    try:
+        doc = tomllib.loads(path.read_bytes().decode("utf-8"))
+        value = doc.get("runtime", {}).get("path", "runc")
+        if isinstance(value, str) and value:
+            return value
+        problem = "runtime.path is not a non-empty string"
+    except FileNotFoundError:
+        if not named:
+            return "runc"
+        problem = "config file not found"
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, AttributeError) as e:
+        problem = f"cannot read it ({getattr(e, 'strerror', None) or e})"
+    print(f"nvhook: warning: {path}: {problem}; using runtime \"runc\"", file=sys.stderr)
+    return "runc"
+
+
+def run(args: Sequence[str], config_option: str | None,
+        environ: Mapping[str, str] = os.environ) -> Exec:
+    call = parse_argv(args)
+    name = runtime_name(config_option, environ)
+    if call.subcommand == "create":
+        assert call.bundle is not None
+        name = prepare_create(call, config_option) or name
+    path = resolve_runtime(name, environ)
+    _refuse_self(path)
+    return Exec(path, (name, *call.args))
+
+
+def prepare_create(call: RuntimeCall, config_option: str | None) -> str | None:
+    """Judge and edit the bundle. -> the runtime name from the full config, or None
+    when the spec cannot ask for a GPU (the config is then not even parsed)."""
+    assert call.bundle is not None
+    path = call.bundle / spec_mod.CONFIG_NAME
+    raw = spec_mod.read_bytes(path)
+    doc = spec_mod.parse_document(path, raw)
+    if not may_request_gpu(doc, config_option):
+        return None
+    config = config_mod.load(config_option)
+    spec = spec_mod.from_document(path, doc)
+    evaluation = evaluate(spec, config)
+    record(config, evaluation, call.container_id or "", "runtime-create")
+    new = decided_document(evaluation)
+    if wants_nvidia_hook(evaluation, new, config):
+        new = with_prestart_hook(new, nvhook_executable(), config)
+    if new != spec.doc:
+        spec_mod.write_atomic(path, new)
+    return config.runtime_path
+
+
+def may_request_gpu(doc: dict[str, Any], config_option: str | None) -> bool:
+    """The hook's cheap pre-check: False only when no channel can name a GPU."""
+    from nvhook.entry import _swarm_names
+
+    swarm = _swarm_names(str(config_mod.config_path(config_option)[0]))
+    return swarm is None or spec_mod.may_request_gpu(doc, swarm)
+
+
+def record(config: Config, evaluation: Evaluation, container_id: str, stage: str) -> None:
+    """Audit every judged request; a failing audit log is a warning, never a failed start."""
+    if not config.audit_path or evaluation.decision.outcome is Outcome.SKIP:
+        return
+    entry = audit.record(evaluation, container_id, stage, evaluation.spec.annotations)
+    try:
+        audit.append(config.audit_path, entry)
+    except OSError as e:
+        print(f"nvhook: warning: audit log {config.audit_path}: {e.strerror or e}",
+              file=sys.stderr)
+
+
+def _refuse_self(path: Path) -> None:
+    """runtime.path pointing back at nvhook would exec itself forever."""
+    own = Path(sys.argv[0]).resolve() if sys.argv and sys.argv[0] else None
+    if path.name == "nvhook" or (own is not None and path.resolve() == own):
+        raise DelegateError(f"runtime.path: {path} is nvhook itself; name the low-level "
+                            "runtime (runc, crun)")
