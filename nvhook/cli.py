@@ -24,8 +24,9 @@ app = typer.Typer(
 )
 
 
-def fail(message: str, status: ExitStatus) -> NoReturn:
-    print(f"nvhook: {message}", file=sys.stderr)
+def fail(message: str, status: ExitStatus, notes: tuple[str, ...] = ()) -> NoReturn:
+    for line in (message, *notes):
+        print(f"nvhook: {line}", file=sys.stderr)
     sys.exit(int(status))
 
 
@@ -33,9 +34,9 @@ def _guard(fn: Callable[[], T]) -> T:
     try:
         return fn()
     except DeniedError as e:
-        fail(f"denied: {e.message}", e.status)
+        fail(f"denied: {e.message}", e.status, e.notes)
     except NvhookError as e:
-        fail(e.message, e.status)
+        fail(e.message, e.status, e.notes)
     except KeyboardInterrupt:
         fail("interrupted", ExitStatus.INTERNAL)
     except (SystemExit, typer.Exit):
@@ -57,6 +58,8 @@ def run_hook(argv: list[str], raw: bytes, preloaded: Any) -> NoReturn:
     def go() -> NoReturn:
         config = config_mod.load(_config_from(argv))
         handover = hook.prestart(raw, config, preloaded)
+        for warning in handover.warnings:
+            print(f"nvhook: {warning}", file=sys.stderr)
         if handover.path is None:
             sys.exit(0)
         delegate.exec_delegate(handover.path, config.delegate, handover.state)
@@ -199,5 +202,137 @@ def devices(
             print(json.dumps(found.as_json(), indent=2))
         else:
             print(devices_mod.as_text(found))
+
+    _guard(go)
+
+
+PrefixOpt = Annotated[
+    Path | None,
+    typer.Option("--prefix", help="Prepend DIR to every absolute path nvhook picks or is "
+                 "given (tests, packaging).", show_default=False),
+]
+HooksDirOpt = Annotated[
+    Path | None,
+    typer.Option("--hooks-dir", help="The hooks.d (or Sarus hooks) directory.",
+                 show_default=False),
+]
+NvidiaConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--nvidia-config", help="NVIDIA's config.toml.", show_default=False),
+]
+
+
+@app.command()
+def install(
+    ctx: typer.Context,
+    engine: Annotated[str, typer.Option("--engine", help="podman | crio | sarus | docker | "
+                                        "containerd", show_default=False)],
+    prefix: PrefixOpt = None,
+    hooks_dir: HooksDirOpt = None,
+    nvidia_config: NvidiaConfigOpt = None,
+    nvhook_path: Annotated[
+        Path | None,
+        typer.Option("--nvhook-path", help="The nvhook executable engines run (default: the "
+                     "installed console script).", show_default=False),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print a diff; write nothing.")
+    ] = False,
+) -> None:
+    """Register nvhook with a container engine (backs up and atomically rewrites its files)."""
+    from nvhook import install as install_mod
+    from nvhook.errors import UsageError
+
+    def go() -> None:
+        try:
+            kind = install_mod.Engine(engine)
+        except ValueError:
+            names = ", ".join(e.value for e in install_mod.Engine)
+            raise UsageError(f"--engine: unknown engine {engine!r} (expected {names})") from None
+        explicit = _config_option(ctx)
+        opts = install_mod.Options(
+            engine=kind,
+            nvhook_path=nvhook_path or install_mod.nvhook_executable(),
+            prefix=prefix.absolute() if prefix else None,
+            hooks_dir=hooks_dir,
+            nvidia_config=nvidia_config,
+            config_path=Path(explicit) if explicit else None,
+        )
+        plan = install_mod.plan(opts)
+        if plan.empty:
+            print(f"nothing to do: nvhook is already installed for {kind.value}")
+            return
+        if dry_run:
+            sys.stdout.write(install_mod.diff(plan))
+            print(f"dry run: {len(plan.changes)} change(s), nothing written")
+            return
+        for done in install_mod.apply(plan):
+            c = done.change
+            if c.action is install_mod.Action.MOVE:
+                print(f"moved {c.path} -> {c.dest} ({c.why})")
+            elif done.backup is not None:
+                print(f"updated {c.path} (backup: {done.backup})")
+            else:
+                print(f"created {c.path}")
+        for note in plan.notes:
+            print(note)
+
+    _guard(go)
+
+
+@app.command()
+def doctor(
+    ctx: typer.Context,
+    prefix: PrefixOpt = None,
+    hooks_dir: Annotated[
+        list[Path] | None,
+        typer.Option("--hooks-dir", help="A hooks.d directory to inspect (repeatable; default: "
+                     "/usr/share/containers/oci/hooks.d and /etc/containers/oci/hooks.d).",
+                     show_default=False),
+    ] = None,
+    nvidia_config: NvidiaConfigOpt = None,
+) -> None:
+    """Check this node: NVML, driver, GPUs, NVIDIA's hook and config, hooks.d, policy, audit."""
+    from nvhook import doctor as doctor_mod
+
+    def go() -> int:
+        explicit = _config_option(ctx)
+        checks = doctor_mod.run(doctor_mod.Options(
+            config=Path(explicit) if explicit else None,
+            prefix=prefix.absolute() if prefix else None,
+            hooks_dirs=tuple(hooks_dir or ()),
+            nvidia_config=nvidia_config,
+        ))
+        for check in checks:
+            print(check.line())
+        return int(ExitStatus.DOCTOR) if doctor_mod.failed(checks) else 0
+
+    raise typer.Exit(_guard(go))
+
+
+config_app = typer.Typer(no_args_is_help=True, help="Edit nvhook's config file.")
+app.add_typer(config_app, name="config")
+
+
+@config_app.command("set")
+def config_set(
+    ctx: typer.Context,
+    key: Annotated[str, typer.Argument(help="Dotted key: policy.mode, delegate.path, ...")],
+    value: Annotated[str, typer.Argument(help="A TOML value (true, 5, '[\"GPU-…\"]'), else a "
+                                         "string.")],
+) -> None:
+    """Set KEY to VALUE in nvhook's config, keeping comments; validated before it is written."""
+    from nvhook import config_edit
+
+    def go() -> None:
+        explicit = _config_option(ctx)
+        path = Path(explicit) if explicit else config_mod.DEFAULT_PATH
+        edit = config_edit.set_value(path, key, value)
+        if not edit.changed:
+            print(f"{path}: {key} is already {edit.new!r}; nothing to do")
+        else:
+            was = "unset" if edit.old is None else repr(edit.old)
+            made = " (created from the defaults)" if edit.created else ""
+            print(f"{path}: {key} = {edit.new!r} (was {was}){made}")
 
     _guard(go)

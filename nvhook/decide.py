@@ -339,16 +339,17 @@ class _Judge:
         """
         by_id = dict(kept)
         out: list[Any] = []
+        pinned_at: set[str] = set()
         for raw, parsed in zip(self.spec.doc.get("mounts") or [], self.spec.mounts, strict=True):
             device_id = device_mount_id(parsed)
             if device_id is None or device_id.startswith("imex/"):
                 out.append(raw)
                 continue
             for device in by_id.get(device_id, []):
-                pinned = dict(raw)
-                pinned["destination"] = f"{DEVICE_MOUNT_ROOT}/{device.uuid}"
-                if pinned not in out:
-                    out.append(pinned)
+                destination = f"{DEVICE_MOUNT_ROOT}/{device.uuid}"
+                if destination not in pinned_at:
+                    pinned_at.add(destination)
+                    out.append(dict(raw, destination=destination))
         return out
 
     def rewrite_annotations(self, kept: list[tuple[str, list[Device]]]) -> dict[str, str]:

@@ -30,9 +30,10 @@ class NvhookError(Exception):
 
     status: ExitStatus = ExitStatus.INTERNAL
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, notes: tuple[str, ...] = ()) -> None:
         # Multi-line text would break the "one clear line" contract on stderr.
         super().__init__(" ".join(message.split("\n")))
+        self.notes = notes  # secondary lines (warnings), printed after the message
 
     @property
     def message(self) -> str:

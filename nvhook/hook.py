@@ -5,7 +5,6 @@ Returns what to do; the CLI does it (prints, execs, exits).
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ class Handover:
 
     path: Path | None
     state: bytes
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -49,12 +49,12 @@ def prestart(raw: bytes, config: Config, preloaded: Preloaded | None = None) -> 
     else:
         spec = spec_mod.load(bundle)
     evaluation = evaluate(spec, config)
-    _audit(config, evaluation, state_doc)
+    warnings = _audit(config, evaluation, state_doc)
     decision = evaluation.decision
     if decision.outcome is Outcome.SKIP:
-        return Handover(None, raw)
+        return Handover(None, raw, warnings)
     if decision.outcome is Outcome.DENY:
-        raise DeniedError(decision.denial)
+        raise DeniedError(decision.denial, notes=warnings)
     try:
         path = delegate.find(config.delegate)
     except DelegateError:
@@ -64,17 +64,17 @@ def prestart(raw: bytes, config: Config, preloaded: Preloaded | None = None) -> 
     if decision.outcome is Outcome.REWRITE:
         assert decision.doc is not None
         spec_mod.write_atomic(spec.path, decision.doc)
-    return Handover(path, raw)
+    return Handover(path, raw, warnings)
 
 
-def _audit(config: Config, evaluation: Evaluation, state_doc: dict[str, Any]) -> None:
+def _audit(config: Config, evaluation: Evaluation, state_doc: dict[str, Any]) -> tuple[str, ...]:
+    """-> warnings. An audit failure is reported, never turned into a failed start."""
     if not config.audit_path or evaluation.decision.outcome is Outcome.SKIP:
-        return
+        return ()
     annotations = {**evaluation.spec.annotations, **(state_doc.get("annotations") or {})}
     entry = audit.record(evaluation, str(state_doc.get("id")), "prestart", annotations)
     try:
         audit.append(config.audit_path, entry)
     except OSError as e:
-        # An audit failure is reported, never turned into a failed container start.
-        print(f"nvhook: warning: audit log {config.audit_path}: {e.strerror or e}",
-              file=sys.stderr)
+        return (f"warning: audit log {config.audit_path}: {e.strerror or e}",)
+    return ()

@@ -1,0 +1,304 @@
+"""`nvhook doctor`: check that this node can run nvhook the way it is configured.
+
+Each check returns ``Check`` values; the CLI prints one line per check and exits
+10 when any failed. Checks only read: the audit check appends nothing and removes
+the probe file it makes. ``prefix`` relocates the files doctor reads by default
+(as ``install --prefix`` does); paths named *inside* those files (a hook's
+``path``, ``delegate.path``, ``audit.path``) are what the engine will use, so they
+are checked as written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+from nvhook import config as config_mod
+from nvhook.config import SAFE_PATH, Config, InventorySource
+from nvhook.errors import NvhookError
+from nvhook.install import HOOKS_DIRS, NVIDIA_HOOK_FILE, nvhook_executable, under
+
+NVIDIA_CONFIG = Path("/etc/nvidia-container-runtime/config.toml")
+VERSION_TIMEOUT = 5.0
+
+
+class Level(StrEnum):
+    OK = "ok"
+    WARN = "warn"
+    FAIL = "fail"
+
+
+@dataclass(frozen=True)
+class Check:
+    level: Level
+    name: str
+    detail: str
+    fix: str | None = None
+
+    def line(self) -> str:
+        fix = f" — fix: {self.fix}" if self.fix else ""
+        return f"{self.level.value}  {self.name}: {self.detail}{fix}"
+
+
+@dataclass(frozen=True)
+class Options:
+    config: Path | None = None  # explicit --config / NVHOOK_CONFIG: used as given
+    prefix: Path | None = None
+    hooks_dirs: tuple[Path, ...] = ()
+    nvidia_config: Path | None = None
+
+
+def run(opts: Options) -> tuple[Check, ...]:
+    config, policy_check = _policy(opts)
+    checks = [*_inventory(config), *_delegate(config), _nvidia_mode(opts, config)]
+    checks += _hooks_d(opts, config)
+    checks += [policy_check, _audit(config), *_install()]
+    return tuple(checks)
+
+
+def failed(checks: Iterable[Check]) -> bool:
+    return any(c.level is Level.FAIL for c in checks)
+
+
+# -- config and policy ------------------------------------------------------------------
+
+
+def _policy(opts: Options) -> tuple[Config, Check]:
+    path = opts.config or under(opts.prefix, config_mod.DEFAULT_PATH)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        if opts.config is not None:
+            return Config(), Check(Level.FAIL, "policy", f"{path}: config file not found",
+                                   "create it, or drop --config / NVHOOK_CONFIG")
+        return Config(), Check(Level.OK, "policy", f"built-in defaults ({path} absent)")
+    except OSError as e:
+        return Config(), Check(Level.FAIL, "policy", f"{path}: cannot read: {e.strerror}")
+    try:
+        config = config_mod.parse(data, path)
+    except NvhookError as e:
+        # Every other check still runs, against the defaults the hook would NOT use.
+        return Config(), Check(Level.FAIL, "policy", e.message,
+                               "fix the file; the hook denies every GPU request until then")
+    return config, Check(Level.OK, "policy", f"{path}: mode {config.policy.mode.value}, "
+                         f"{len(config.rules)} rule(s)")
+
+
+# -- inventory --------------------------------------------------------------------------
+
+
+def _inventory(config: Config) -> list[Check]:
+    from nvhook import inventory as inventory_mod
+
+    settings = config.inventory
+    started = time.monotonic()
+    try:
+        if settings.source is InventorySource.FILE:
+            assert settings.file is not None
+            inv = inventory_mod.load_file(settings.file)
+            first = Check(Level.OK, "nvml", f"not used: [inventory] source = \"file\" "
+                          f"({settings.file})")
+        else:
+            from nvhook import nvml
+
+            inv = nvml.read(settings.timeout)
+            ms = (time.monotonic() - started) * 1000
+            first = Check(Level.OK, "nvml", f"init + enumeration in {ms:.0f} ms "
+                          f"(timeout {settings.timeout:g}s)")
+    except NvhookError as e:
+        fix = ("load the NVIDIA driver (nvidia-smi should work), or set [inventory] "
+               'source = "file"')
+        return [
+            Check(Level.FAIL, "nvml", e.message, fix),
+            Check(Level.FAIL, "driver", "unknown: no inventory"),
+            Check(Level.FAIL, "gpus", "unknown: no inventory; every GPU request is denied"),
+        ]
+    driver = (Check(Level.OK, "driver", inv.driver_version) if inv.driver_version
+              else Check(Level.WARN, "driver", "version not reported"))
+    gpus = ", ".join(g.uuid for g in inv.gpus) or "-"
+    migs = ", ".join(m.uuid for m in inv.migs) or "-"
+    level = Level.OK if inv.gpus else Level.WARN
+    detail = f"{len(inv.gpus)} GPU(s): {gpus}; {len(inv.migs)} MIG device(s): {migs}"
+    return [first, driver, Check(level, "gpus", detail)]
+
+
+# -- the delegate -----------------------------------------------------------------------
+
+
+def _delegate(config: Config) -> list[Check]:
+    from nvhook import delegate
+
+    try:
+        path = delegate.find(config.delegate)
+    except NvhookError as e:
+        return [Check(Level.FAIL, "delegate", e.message,
+                      'install nvidia-container-toolkit, or set delegate.path = "" '
+                      "(policy only)")]
+    if path is None:
+        return [Check(Level.OK, "delegate", 'policy only (delegate.path = ""): NVIDIA\'s hook '
+                      "must be registered separately")]
+    try:
+        # A clean env, as the hook itself hands over: nothing of the caller's reaches it.
+        proc = subprocess.run([str(path), "--version"], capture_output=True, check=False,
+                              timeout=VERSION_TIMEOUT, env={"PATH": SAFE_PATH},
+                              stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        return [Check(Level.WARN, "delegate", f"{path}: --version did not answer in "
+                      f"{VERSION_TIMEOUT:g}s")]
+    except OSError as e:
+        return [Check(Level.FAIL, "delegate", f"{path}: cannot run: {e.strerror}",
+                      "reinstall nvidia-container-toolkit")]
+    text = (proc.stdout or proc.stderr).decode("utf-8", "replace").strip()
+    version = text.splitlines()[0] if text else "(no output)"
+    if proc.returncode != 0:
+        return [Check(Level.WARN, "delegate", f"{path}: --version exited {proc.returncode}: "
+                      f"{version}")]
+    return [Check(Level.OK, "delegate", f"{path}: {version}")]
+
+
+def _nvidia_mode(opts: Options, config: Config) -> Check:
+    path = under(opts.prefix, opts.nvidia_config or NVIDIA_CONFIG)
+    try:
+        doc = tomllib.loads(path.read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        return Check(Level.WARN, "nvidia-mode", f"{path} absent: NVIDIA's defaults apply "
+                     "(mode auto resolves to CDI on toolkit >= 1.18)",
+                     f"nvhook install --engine ... --nvidia-config {NVIDIA_CONFIG}")
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        return Check(Level.FAIL, "nvidia-mode", f"{path}: cannot read: {e}")
+    hook = doc.get("nvidia-container-runtime-hook", {})
+    runtime = doc.get("nvidia-container-runtime", {})
+    skip = isinstance(hook, dict) and hook.get("skip-mode-detection") is True
+    mode = runtime.get("mode", "auto") if isinstance(runtime, dict) else "auto"
+    if mode == "legacy" or skip:
+        why = 'mode = "legacy"' if mode == "legacy" else "skip-mode-detection = true"
+        return Check(Level.OK, "nvidia-mode", f"{path}: {why}: the legacy hook runs")
+    return Check(Level.FAIL, "nvidia-mode",
+                 f"{path}: mode = {mode!r} without skip-mode-detection: NVIDIA's legacy hook "
+                 "refuses to run (toolkit >= 1.18)",
+                 f"nvhook install --engine ... --nvidia-config {NVIDIA_CONFIG} (sets mode = "
+                 '"legacy" and skip-mode-detection = true)')
+
+
+# -- hooks.d ----------------------------------------------------------------------------
+
+
+def _is_nvhook_hook(doc: object) -> bool:
+    if not isinstance(doc, dict) or not isinstance(doc.get("hook"), dict):
+        return False
+    hook = doc["hook"]
+    args = hook.get("args") or []
+    return Path(str(hook.get("path", ""))).name == "nvhook" or (
+        isinstance(args, list) and bool(args) and args[0] == "nvhook"
+    )
+
+
+def _hooks_d(opts: Options, config: Config) -> list[Check]:
+    dirs = [under(opts.prefix, d) for d in (opts.hooks_dirs or HOOKS_DIRS)]
+    checks: list[Check] = []
+    ours: list[Path] = []
+    for d in dirs:
+        for f in sorted(d.glob("*.json")) if d.is_dir() else []:
+            try:
+                doc = json.loads(f.read_bytes())
+            except (OSError, ValueError) as e:
+                checks.append(Check(Level.FAIL, "hooks.d", f"{f}: unreadable JSON: {e}",
+                                    "fix or remove the file: the engine refuses to start"))
+                continue
+            if _is_nvhook_hook(doc):
+                ours.append(f)
+                checks.append(_hook_path(f, doc["hook"].get("path")))
+    where = ", ".join(str(d) for d in dirs)
+    if not ours:
+        checks.append(Check(Level.WARN, "hooks.d", f"no nvhook hook in {where} (fine for "
+                            "Docker/containerd/Sarus)", "nvhook install --engine podman"))
+    names = [f.name for f in ours]
+    if len(set(names)) > 1:
+        checks.append(Check(Level.FAIL, "hooks.d", "nvhook is registered more than once: "
+                            + ", ".join(map(str, ours)) + " (it would run twice)",
+                            "keep one file"))
+    elif len(ours) > 1:
+        checks.append(Check(Level.WARN, "hooks.d", "same file in several dirs, the preferred "
+                            "one masks the rest: " + ", ".join(map(str, ours)),
+                            "keep one copy"))
+    nvidia = [d / NVIDIA_HOOK_FILE for d in dirs if (d / NVIDIA_HOOK_FILE).exists()]
+    if nvidia and ours and config.delegate.path != "":
+        checks.append(Check(Level.WARN, "hooks.d", f"NVIDIA's {', '.join(map(str, nvidia))} "
+                            "is still present while nvhook delegates: NVIDIA's hook runs "
+                            "twice and the second run ignores nvhook's decision",
+                            f"mv {nvidia[0]} {nvidia[0]}.nvhook-disabled, or set "
+                            'delegate.path = ""'))
+    return checks
+
+
+def _hook_path(f: Path, path: object) -> Check:
+    if not isinstance(path, str) or not path:
+        return Check(Level.FAIL, "hooks.d", f"{f}: hook.path missing")
+    if not (os.path.isfile(path) and os.access(path, os.X_OK)):
+        return Check(Level.FAIL, "hooks.d", f"{f}: hook.path {path} does not exist or is not "
+                     "executable; Podman skips such a hook silently (fail-open)",
+                     "nvhook install --engine podman (rewrites the path)")
+    return Check(Level.OK, "hooks.d", f"{f}: runs {path}")
+
+
+# -- audit log and nvhook's own install -------------------------------------------------
+
+
+def _audit(config: Config) -> Check:
+    if not config.audit_path:
+        return Check(Level.OK, "audit", 'off (audit.path = "")')
+    path = Path(config.audit_path)
+    fix = "make the directory writable for root, or change audit.path"
+    try:
+        if path.exists():
+            os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC))
+            return Check(Level.OK, "audit", f"{path}: appendable")
+        d = path.parent
+        while not d.exists():
+            d = d.parent
+        if d != path.parent:
+            ok = os.access(d, os.W_OK | os.X_OK)
+            detail = f"{path}: {path.parent} will be created under {d}"
+            return Check(Level.OK if ok else Level.FAIL, "audit",
+                         detail if ok else f"{d}: not writable", None if ok else fix)
+        # A probe file shows a read-only filesystem too, which os.access does not.
+        fd, probe = tempfile.mkstemp(prefix=".nvhook-doctor-", dir=d)
+        os.close(fd)
+        os.unlink(probe)
+        return Check(Level.OK, "audit", f"{path}: will be created")
+    except OSError as e:
+        return Check(Level.FAIL, "audit", f"{path}: not writable: {e.strerror}", fix)
+
+
+def _install() -> list[Check]:
+    """Sarus-like rule: whatever the engine runs as root must be root-owned, not g/o-writable."""
+    package = Path(__file__).resolve().parent
+    try:
+        script: Path | None = nvhook_executable()
+    except NvhookError:
+        script = None
+    paths = [package, *sorted(package.glob("*.py"))]
+    if script is not None:
+        paths.append(script)
+    bad = []
+    for p in paths:
+        st = os.stat(p)
+        if st.st_uid != 0 or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            bad.append(f"{p} (mode {stat.S_IMODE(st.st_mode):04o}, uid {st.st_uid})")
+    if bad:
+        return [Check(Level.FAIL, "install", "not root-owned or group/world-writable: "
+                      + ", ".join(bad), "chown root and chmod go-w, or reinstall as root")]
+    where = f"{package} and {script}" if script else f"{package} (console script not found)"
+    level = Level.OK if script else Level.WARN
+    return [Check(level, "install", f"{where}: root-owned, not group/world-writable "
+                  f"(python {sys.version.split()[0]})")]
