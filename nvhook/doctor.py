@@ -141,9 +141,7 @@ def _delegate(config: Config) -> list[Check]:
     try:
         path = delegate.find(config.delegate)
     except NvhookError as e:
-        return [Check(Level.FAIL, "delegate", e.message,
-                      'install nvidia-container-toolkit, or set delegate.path = "" '
-                      "(policy only)")]
+        return [Check(Level.FAIL, "delegate", e.message)]  # the message says how to fix it
     if path is None:
         return [Check(Level.OK, "delegate", 'policy only (delegate.path = ""): NVIDIA\'s hook '
                       "must be registered separately")]

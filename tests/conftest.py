@@ -79,8 +79,9 @@ def node(fake_nvml: Path, tmp_path: Path) -> Node:
 
 
 def write_bundle(bundle: Path, env: Sequence[str], *, caps: Sequence[str] = (),
-                 mounts: Sequence[dict[str, Any]] = (), annotations: Mapping[str, str] | None = None,
-                 mode: int = 0o644, extra: Mapping[str, Any] | None = None) -> Path:
+                 mounts: Sequence[dict[str, Any]] = (),
+                 annotations: Mapping[str, str] | None = None, mode: int = 0o644,
+                 extra: Mapping[str, Any] | None = None) -> Path:
     """A bundle directory whose config.json carries the given request."""
     bundle.mkdir(parents=True, exist_ok=True)
     doc: dict[str, Any] = {

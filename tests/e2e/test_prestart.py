@@ -11,7 +11,7 @@ from pathlib import Path
 import fakenvml
 import pytest
 
-from .harness import HOOK_ENV, BundleFactory, Podman, Recorder, new_container_id, run_runc
+from .harness import BundleFactory, Podman, Recorder, new_container_id, run_runc
 
 pytestmark = pytest.mark.e2e
 
@@ -27,7 +27,8 @@ class Case:
     runs: bool
     policy: str = ""
     nvml: bool = True
-    delegate_sees: str | None = None  # NVIDIA_VISIBLE_DEVICES in config.json, as the delegate read it
+    # NVIDIA_VISIBLE_DEVICES in config.json, as the delegate read it
+    delegate_sees: str | None = None
 
 
 CASES = [
