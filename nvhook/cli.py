@@ -1,5 +1,6 @@
 """The typer app. Commands parse options, call the core, render, and map errors
-to exit codes; ``_guard`` is the one place exceptions become an exit status."""
+to exit codes; ``_guard`` (``hookmain.guard``, shared with the hook's typer-free
+path) is the one place exceptions become an exit status."""
 
 from __future__ import annotations
 
@@ -7,12 +8,15 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import Annotated, TypeVar
 
 import typer
 
 from nvhook import config as config_mod
-from nvhook.errors import DeniedError, ExitStatus, NvhookError
+from nvhook.errors import ExitStatus
+from nvhook.hookmain import fail as fail
+from nvhook.hookmain import guard
+from nvhook.hookmain import run_hook as run_hook  # entry calls hookmain directly
 
 T = TypeVar("T")
 
@@ -24,54 +28,14 @@ app = typer.Typer(
 )
 
 
-def fail(message: str, status: ExitStatus, notes: tuple[str, ...] = ()) -> NoReturn:
-    for line in (message, *notes):
-        print(f"nvhook: {line}", file=sys.stderr)
-    sys.exit(int(status))
-
-
 def _guard(fn: Callable[[], T]) -> T:
-    try:
-        return fn()
-    except DeniedError as e:
-        fail(f"denied: {e.message}", e.status, e.notes)
-    except NvhookError as e:
-        fail(e.message, e.status, e.notes)
-    except KeyboardInterrupt:
-        fail("interrupted", ExitStatus.INTERNAL)
-    except (SystemExit, typer.Exit):
-        raise
-    except Exception as e:  # a bug: still one line, never a traceback
-        fail(f"internal error: {type(e).__name__}: {e}", ExitStatus.INTERNAL)
+    return guard(fn, passthrough=(typer.Exit,))
 
 
 def run(argv: list[str]) -> None:
     """Run the typer app. Usage errors are typer's (exit 2); everything a command
     raises has already gone through ``_guard``, and anything else is still one line."""
     _guard(lambda: app(args=argv, prog_name="nvhook"))
-
-
-def run_hook(argv: list[str], raw: bytes, preloaded: Any) -> NoReturn:
-    """The prestart path, entered from ``entry`` with stdin already read."""
-    from nvhook import delegate, hook
-
-    def go() -> NoReturn:
-        config = config_mod.load(_config_from(argv))
-        handover = hook.prestart(raw, config, preloaded)
-        for warning in handover.warnings:
-            print(f"nvhook: {warning}", file=sys.stderr)
-        if handover.path is None:
-            sys.exit(0)
-        delegate.exec_delegate(handover.path, config.delegate, handover.state)
-
-    _guard(go)
-    sys.exit(0)
-
-
-def _config_from(argv: list[str]) -> str | None:
-    from nvhook.entry import _config_option
-
-    return _config_option(argv)
 
 
 ConfigOpt = Annotated[
