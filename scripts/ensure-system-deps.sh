@@ -4,6 +4,7 @@
 #   required: runc            the OCI runtime the tests drive directly
 #             busybox-static  a static /bin/busybox, copied into the test containers' rootfs
 #   optional: podman          the hooks.d tests skip without it; failing to install it is a warning
+#             strace          tests/test_isolation.py traces nvhook's opens; skips without it
 #
 # Quiet and fast (a few file tests, no dpkg/apt fork) when everything is present; prints one line
 # per package it installs. Root is needed only when something has to be installed: not root and a
@@ -18,6 +19,7 @@ have_runc() { command -v runc >/dev/null 2>&1; }
 # be told from a dynamic one by a cheap test, so also ask dpkg's database (a file test, no fork).
 have_busybox_static() { [[ -x /bin/busybox && -e /var/lib/dpkg/info/busybox-static.list ]]; }
 have_podman() { command -v podman >/dev/null 2>&1; }
+have_strace() { command -v strace >/dev/null 2>&1; }
 
 have() {
     case "$1" in
@@ -34,8 +36,10 @@ for pkg in runc busybox-static; do
 done
 want_podman=0
 have_podman || want_podman=1
+want_strace=0
+have_strace || want_strace=1
 
-if ((${#missing[@]} == 0 && want_podman == 0)); then
+if ((${#missing[@]} == 0 && want_podman == 0 && want_strace == 0)); then
     exit 0
 fi
 
@@ -45,14 +49,17 @@ if [[ "$(id -u)" -ne 0 ]]; then
             "Installing them needs root: run 'sudo $0' (or apt-get install ${missing[*]})." >&2
         exit 1
     fi
-    echo "$me: warning: podman is not installed and installing it needs root;" \
-        "the podman end-to-end tests will be skipped." >&2
+    ((want_podman)) && echo "$me: warning: podman is not installed and installing it needs" \
+        "root; the podman end-to-end tests will be skipped." >&2
+    ((want_strace)) && echo "$me: warning: strace is not installed and installing it needs" \
+        "root; the strace isolation tests will be skipped." >&2
     exit 0
 fi
 
 if ! command -v apt-get >/dev/null 2>&1; then
     echo "$me: apt-get not found; install these packages by hand:" \
-        "${missing[*]}$( ((want_podman)) && echo ' podman (optional)')" >&2
+        "${missing[*]}$( ((want_podman)) && echo ' podman (optional)')$( ((want_strace)) &&
+            echo ' strace (optional)')" >&2
     ((${#missing[@]} > 0)) && exit 1
     exit 0
 fi
@@ -94,6 +101,16 @@ if ((want_podman)); then
         echo "$me: installed podman"
     else
         echo "$me: warning: could not install podman; the podman end-to-end tests will be" \
+            "skipped. Last lines of apt-get's output:" >&2
+        tail -n 5 "$log" | sed 's/^/    /' >&2
+    fi
+fi
+
+if ((want_strace)); then
+    if apt_install strace && have_strace; then
+        echo "$me: installed strace"
+    else
+        echo "$me: warning: could not install strace; the strace isolation tests will be" \
             "skipped. Last lines of apt-get's output:" >&2
         tail -n 5 "$log" | sed 's/^/    /' >&2
     fi
