@@ -207,14 +207,16 @@ class _Judge:
             label = f"annotation {c.annotation}={c.name}"
             if self.trusted(self.policy.cdi_annotations, "cdi-annotations", label,
                             "a GPU request through a CDI annotation"):
-                kept.extend(self.judge_ids(label, (c.name,)))
+                # A CDI name is handed on verbatim, so it is kept only if every device
+                # it selects is allowed ("nvidia.com/gpu=all" minus a denied GPU is refused).
+                kept.extend(self.judge_ids(label, (c.name,), whole=True))
         return kept
 
-    def judge_ids(self, label: str, ids: Iterable[str],
-                  keep_key: str | None = None) -> list[tuple[str, list[Device]]]:
+    def judge_ids(self, label: str, ids: Iterable[str], keep_key: str | None = None,
+                  whole: bool = False) -> list[tuple[str, list[Device]]]:
         kept = []
         for device_id in ids:
-            devices = self.judge_id(label, device_id)
+            devices = self.judge_id(label, device_id, whole)
             if devices:
                 kept.append((keep_key or device_id, devices))
         return kept
@@ -228,7 +230,8 @@ class _Judge:
             raise Unresolved(f"CDI kind {kind!r} is not an NVIDIA GPU")
         return self.inventory.resolve(name)
 
-    def judge_id(self, label: str, device_id: str) -> list[Device]:
+    def judge_id(self, label: str, device_id: str, whole: bool = False) -> list[Device]:
+        """The devices ``device_id`` may keep; with ``whole``, none unless all of them."""
         try:
             res = self.resolve(device_id)
         except Unresolved as e:
@@ -248,7 +251,8 @@ class _Judge:
             self.violate(label, f"device {device_id!r} is a {res.form.value}, not a UUID",
                          self.rule("indices", "deny"))
             return []
-        return [d for d in res.devices if self.device_allowed(label, d)]
+        allowed = [d for d in res.devices if self.device_allowed(label, d)]
+        return [] if whole and len(allowed) != len(res.devices) else allowed
 
     def device_allowed(self, label: str, device: Device) -> bool:
         deny = {u.lower() for u in self.policy.deny}
@@ -272,9 +276,12 @@ class _Judge:
         wanted = self.request.driver_capability_set()
         allowed = self.policy.driver_capabilities
         raw = self.request.driver_capabilities
-        label = f"{DRIVER_CAPABILITIES}={raw}" if raw else (
-            f"{DRIVER_CAPABILITIES} (unset, default {','.join(wanted)})"
-        )
+        if raw:
+            label = f"{DRIVER_CAPABILITIES}={raw}"
+        elif raw is None and self.request.legacy_image:
+            label = f"{DRIVER_CAPABILITIES} (unset; legacy image: all)"
+        else:
+            label = f"{DRIVER_CAPABILITIES} (unset, default {','.join(wanted)})"
         bad = [c for c in wanted if c not in allowed]
         if not bad:
             return None

@@ -135,6 +135,9 @@ class Request:
     def driver_capability_set(self) -> tuple[str, ...]:
         """The capabilities NVIDIA's hook would grant, in canonical order."""
         raw = self.driver_capabilities
+        if raw is None and self.legacy_image:
+            # NVIDIA's getDriverCapabilities: "unset with legacy image: set all capabilities".
+            return ALL_DRIVER_CAPABILITIES
         if not raw:
             return DEFAULT_DRIVER_CAPABILITIES
         items = [c.strip() for c in raw.split(",") if c.strip()]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -129,8 +130,6 @@ def spec_from(doc: dict[str, Any]) -> Spec:
 
 def policy(**overrides: Any) -> Policy:
     """A Policy with field overrides; string values are coerced by the field's enum."""
-    import dataclasses
-
     base = Policy()
     types = {f.name: type(getattr(base, f.name)) for f in dataclasses.fields(Policy)}
     fields: dict[str, Any] = {}

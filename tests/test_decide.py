@@ -121,7 +121,7 @@ DECISIONS = [
     P({"env": [nvd(f"0,{G0}")]}, {}, REWRITE, (G0,), G0, None,
       id="two spellings of one GPU: one UUID"),
     P({"env": [nvd("0")]}, {"indices": "deny"}, DENY, (), "0",
-      "device '0' is a index, not a UUID (policy.indices = \"deny\")",
+      'not a UUID (policy.indices = "deny")',
       id="indices = deny: an index is refused"),
     P({"env": [nvd(f"0,{G1}")]}, {"indices": "deny", "mode": "rewrite"}, REWRITE, (G1,), G1,
       "not a UUID", id="indices = deny, rewrite: the index is dropped, the UUID kept"),
@@ -219,6 +219,13 @@ DECISIONS = [
     P({"annotations": {"cdi.k8s.io/x": "vendor.com/fpga=0,nvidia.com/gpu=1"}},
       {"deny": [G1], "mode": "rewrite"}, REWRITE, (), None, "deny list",
       id="CDI rewrite drops the refused nvidia name, keeps the other vendor's"),
+    P({"annotations": {"cdi.k8s.io/gpu": "nvidia.com/gpu=all"}, "caps": ADMIN}, {}, ALLOW,
+      ALL_UUIDS, None, None, id="CDI gpu=all, privileged: allowed as written"),
+    P({"annotations": {"cdi.k8s.io/gpu": "nvidia.com/gpu=all"}, "caps": ADMIN},
+      {"deny": [G0], "mode": "rewrite"}, REWRITE, (), None, f"{G0} is on the deny list",
+      id="CDI gpu=all minus a denied GPU: the whole name is dropped (it is passed verbatim)"),
+    P({"annotations": {"cdi.k8s.io/gpu": "nvidia.com/gpu=all"}, "caps": ADMIN},
+      {"deny": [G0]}, DENY, (), None, "deny list", id="CDI gpu=all minus a denied GPU: deny"),
     P({"env": [nvd("nvidia.com/gpu=0")]}, {}, REWRITE, (G0,), G0, None,
       id="CDI name in the env: resolves, pinned to the UUID"),
     P({"env": [nvd("vendor.com/x=0")]}, {}, DENY, (), "vendor.com/x=0",
@@ -258,6 +265,14 @@ DECISIONS = [
     P({"env": [nvd(G0)]}, {"driver_capabilities": (), "mode": "rewrite"}, DENY, (), G0,
       "capabilities not allowed: utility, compute",
       id="no capability allowed: rewrite cannot help (empty reads as the default)"),
+    P({"env": ["CUDA_VERSION=12.4"], "caps": ADMIN},
+      {"driver_capabilities": ("compute", "utility")}, DENY, (), None,
+      "NVIDIA_DRIVER_CAPABILITIES (unset; legacy image: all): capabilities not allowed: "
+      "compat32, graphics, video, display, ngx",
+      id="legacy image with capabilities unset gets all of them: judged as such"),
+    P({"env": ["CUDA_VERSION=12.4", nvd(G0)]},
+      {"driver_capabilities": ("compute", "utility"), "mode": "rewrite"}, REWRITE, (G0,), G0,
+      "legacy image: all", id="legacy image, capabilities unset, rewrite: narrowed explicitly"),
     P({"env": [nvd(G0), "NVIDIA_DRIVER_CAPABILITIES=graphics,video"]}, {}, ALLOW, (G0,), G0,
       None, id="default policy allows all seven capabilities"),
     # -- MIG management ----------------------------------------------------------------------------
@@ -408,6 +423,13 @@ def test_capabilities_rewrite_fallback(allowed, written):
     d, _ = run({"env": [nvd(G0), "NVIDIA_DRIVER_CAPABILITIES=graphics"]},
                {"mode": "rewrite", "driver_capabilities": allowed})
     assert env_values(d.env, "NVIDIA_DRIVER_CAPABILITIES") == [written]
+
+
+def test_legacy_capabilities_rewrite_writes_the_narrowed_set():
+    d, _ = run({"env": ["CUDA_VERSION=12.4", nvd(G0)]},
+               {"mode": "rewrite", "driver_capabilities": ("compute", "utility", "graphics")})
+    assert d.env == ("CUDA_VERSION=12.4", nvd(G0),
+                     "NVIDIA_DRIVER_CAPABILITIES=compute,graphics,utility")
 
 
 def test_mig_rewrite_removes_both_variables():

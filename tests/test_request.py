@@ -342,6 +342,14 @@ def test_cdi_device_name(item, parsed):
         P(["NVIDIA_DRIVER_CAPABILITIES=compute", "NVIDIA_DRIVER_CAPABILITIES=display"],
           "display", ("display",), id="last duplicate wins"),
         P(["NVIDIA_DRIVER_CAPABILITIES=,"], ",", (), id="only commas -> nothing listed"),
+        P(["CUDA_VERSION=12.4"], None, ALL_DRIVER_CAPABILITIES,
+          id="legacy image, unset -> every capability (NVIDIA's getDriverCapabilities)"),
+        P(["CUDA_VERSION=12.4", "NVIDIA_DRIVER_CAPABILITIES="], "", DEFAULT_DRIVER_CAPABILITIES,
+          id="legacy image, set but empty -> default"),
+        P(["CUDA_VERSION=12.4", "NVIDIA_DRIVER_CAPABILITIES=video"], "video", ("video",),
+          id="legacy image, set -> as listed"),
+        P(["CUDA_VERSION=12.4", "NVIDIA_REQUIRE_CUDA=cuda>=12"], None,
+          DEFAULT_DRIVER_CAPABILITIES, id="CUDA image that is not legacy, unset -> default"),
     ],
 )
 def test_driver_capabilities(env, raw, caps):
