@@ -248,7 +248,7 @@ class _Judge:
                 self.violate(label, f"{who} {verb} every GPU", self.rule("all", rule.value))
                 return []
         elif res.form.is_positional and self.policy.indices is Indices.DENY:
-            self.violate(label, f"device {device_id!r} is a {res.form.value}, not a UUID",
+            self.violate(label, f"device {device_id!r} is a {res.form.value} form, not a UUID",
                          self.rule("indices", "deny"))
             return []
         allowed = [d for d in res.devices if self.device_allowed(label, d)]

@@ -77,6 +77,15 @@ class EnvChannel:
     conflicting_values: tuple[str, ...] = ()
 
     @property
+    def mixed_void(self) -> bool:
+        """``void`` next to other items, e.g. ``all,void``. Toolkits before 1.18 let the
+        first keyword in list order win (so that is ``all``), later ones let ``void``
+        win; nvhook reads it as void but writes a lone ``void`` so both agree."""
+        return self.devices.kind is Kind.VOID and self.value is not None and split_ids(
+            self.value
+        ) not in ([], ["void"])
+
+    @property
     def label(self) -> str:
         """How a reason names this channel: the variable and its value."""
         name = ",".join(self.variables)
@@ -127,6 +136,7 @@ class Request:
         """True when any channel would make NVIDIA's stack attach something."""
         return (
             self.env.devices.kind in (Kind.NONE, Kind.ALL, Kind.DEVICES)
+            or self.env.mixed_void
             or bool(self.mounts)
             or bool(self.nvidia_cdi)
             or any(_GPU_NODE.match(p) for p in self.device_nodes)

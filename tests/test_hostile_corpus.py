@@ -46,6 +46,9 @@ OUTCOMES = {"S": Outcome.SKIP, "D": Outcome.DENY, "A": Outcome.ALLOW, "W": Outco
 REFUSED = ("D", "W:", "W:")  # an unprivileged request nothing of which may be granted
 SKIP = ("S", "S", "S")
 NONE_OK = ("A:", "A:", "A:")  # "none": driver libraries, no GPU
+# void next to other items: older toolkits let the first keyword win, so nvhook writes a
+# lone "void" instead of skipping.
+NEUTRALISED = ("W:", "W:", "W:")
 
 
 @dataclass(frozen=True)
@@ -127,8 +130,8 @@ ALL_VARIANTS = [
     ]
 ] + [
     R("all-none-first-wins", "none,all", "W:", "W:", "W:"),
-    R("all-void-anywhere", "all,void", *SKIP),
-    R("all-void-first", "void,all", *SKIP),
+    R("all-void-anywhere", "all,void", *NEUTRALISED),
+    R("all-void-first", "void,all", *NEUTRALISED),
     R("ALL-with-index", "ALL,0", "D", "W:G0", "W:"),
     R("ALL-with-uuid", f"ALL,{G0}", "D", "W:G0", "W:G0"),
     R("uuid-with-All", f"{G0},All", "D", "W:G0", "W:G0"),
@@ -148,8 +151,9 @@ VOID_NONE = [
     R("void", "void", *SKIP), R("none", "none", *NONE_OK),
     R("VOID-is-a-device-id", "VOID", *REFUSED), R("NONE-is-a-device-id", "NONE", *REFUSED),
     R("Void", "Void", *REFUSED),
-    R("void-none", "void,none", *SKIP), R("none-void", "none,void", *SKIP),
-    R("uuid-void", f"{G0},void", *SKIP), R("void-uuid", f"void,{G0}", *SKIP),
+    R("void-none", "void,none", *NEUTRALISED), R("none-void", "none,void", *NEUTRALISED),
+    R("uuid-void", f"{G0},void", *NEUTRALISED),
+    R("void-uuid", f"void,{G0}", *NEUTRALISED),
     R("none-uuid", f"none,{G0}", "W:", "W:", "W:"),
     R("uuid-none", f"{G0},none", "W:", "W:", "W:"),
     R("none-spaced", " none ", "W:", "W:", "W:"),
