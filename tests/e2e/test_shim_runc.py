@@ -138,7 +138,7 @@ def test_denied_create_never_creates_the_container(
     cid = new_container_id("nvhook-shim")
     proc = runc.create(bundle, cid)
     try:
-        out, err = proc.communicate(timeout=60)
+        _out, err = proc.communicate(timeout=60)
         assert proc.returncode == 3
         assert err.decode().splitlines() == [
             err.decode().splitlines()[0]] and err.startswith(b"nvhook: denied: ")
