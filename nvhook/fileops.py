@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -23,6 +22,8 @@ def utc_stamp(now: datetime | None = None) -> str:
 def backup(path: Path, stamp: str) -> Path:
     """Copy ``path`` to ``<path>.nvhook-bak.<stamp>`` (never over an existing backup)."""
     target = path.with_name(f"{path.name}.nvhook-bak.{stamp}")
+    import shutil
+
     n = 1
     while target.exists():  # two changes of one file within a second
         target = path.with_name(f"{path.name}.nvhook-bak.{stamp}.{n}")
@@ -51,6 +52,7 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
         st = None
     except OSError as e:
         raise WriteError(f"{path}: cannot stat before writing: {e.strerror}") from None
+    # The name spec.sweep_temp_files recognises, so a killed writer's leftovers are found.
     tmp = directory / f".{path.name}.nvhook-{os.getpid()}.tmp"
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)

@@ -129,42 +129,15 @@ def from_document(path: Path, doc: dict[str, Any]) -> Spec:
 def write_atomic(path: Path, doc: Mapping[str, Any]) -> None:
     """Replace ``path`` with ``doc`` so that a reader sees the old or the new file, never a mix.
 
-    Temp file in the same directory, fsync, rename over, fsync the directory. The
-    file keeps its mode and owner. Leftovers of a writer that was killed are swept.
+    The file keeps its mode and owner (``fileops.write_atomic``); temp files left by
+    a writer that was killed are swept first.
     """
-    data = json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-    directory = path.parent
-    try:
-        st = os.stat(path)
-    except OSError as e:
-        raise WriteError(f"{path}: cannot stat before rewrite: {e.strerror}") from None
-    sweep_temp_files(directory)
-    tmp = directory / f"{_TMP_PREFIX}{os.getpid()}.tmp"
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    except OSError as e:
-        raise WriteError(f"{tmp}: cannot create temp file: {e.strerror}") from None
-    try:
-        try:
-            with contextlib.suppress(PermissionError):
-                os.fchown(fd, st.st_uid, st.st_gid)
-            os.fchmod(fd, st.st_mode & 0o7777)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except OSError as e:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise WriteError(f"{path}: rewrite failed, file left as it was: {e.strerror}") from None
-    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    from nvhook.fileops import write_atomic as write_bytes
+
+    if not path.is_file():
+        raise WriteError(f"{path}: cannot rewrite: the file is gone")
+    sweep_temp_files(path.parent)
+    write_bytes(path, json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode())
 
 
 def sweep_temp_files(directory: Path) -> None:
