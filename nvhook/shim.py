@@ -329,6 +329,7 @@ def record(config: Config, evaluation: Evaluation, container_id: str, stage: str
 def _refuse_self(path: Path) -> None:
     """runtime.path pointing back at nvhook would exec itself forever."""
     own = Path(sys.argv[0]).resolve() if sys.argv and sys.argv[0] else None
-    if path.name == "nvhook" or (own is not None and path.resolve() == own):
+    # nvhook-runc is the wrapper `nvhook install --engine containerd` writes.
+    if path.name.startswith("nvhook") or (own is not None and path.resolve() == own):
         raise DelegateError(f"runtime.path: {path} is nvhook itself; name the low-level "
                             "runtime (runc, crun)")

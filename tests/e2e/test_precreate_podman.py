@@ -1,0 +1,55 @@
+"""`nvhook precreate` under real Podman: the edited config is what the container runs with.
+
+Seen with Podman 4.3.1 (Debian 12): the precreate stage works; on a failing precreate hook
+Podman exits 126 with `Error: setting up OCI Hooks: executing [...]: exit status 3` and does
+not show the hook's stderr (containers/common discards it unless `run.oci.hooks.stderr`).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from .harness import Podman, write_hooks_dir
+
+pytestmark = pytest.mark.e2e
+
+NVHOOK = Path(sys.executable).with_name("nvhook")
+GPUS = [f"GPU-{i:08x}-0000-4000-8000-{i:012x}" for i in range(4)]
+
+
+@pytest.fixture
+def hooks(tmp_path: Path) -> tuple[Path, Path]:
+    """(hooks dir with nvhook's precreate entry, nvhook config)."""
+    inventory = tmp_path / "inventory.json"
+    inventory.write_text(json.dumps({"gpus": [
+        {"uuid": u, "pci_bus_id": f"00000000:{0x10 + i:02x}:00.0"} for i, u in enumerate(GPUS)
+    ]}))
+    config = tmp_path / "config.toml"
+    config.write_text(f'[inventory]\nsource = "file"\nfile = "{inventory}"\n'
+                      f'[delegate]\npath = ""\n[audit]\npath = "{tmp_path / "audit.jsonl"}"\n')
+    hook = {"path": str(NVHOOK), "args": ["nvhook", "--config", str(config), "precreate"],
+            "env": ["PATH=/usr/bin:/bin"], "timeout": 10}
+    return write_hooks_dir(tmp_path / "hooks", "nvrw-precreate", hook, stages=["precreate"]), config
+
+
+def test_container_env_is_the_decided_one(podman: Podman, hooks: tuple[Path, Path]) -> None:
+    hooks_dir, _ = hooks
+    res = podman.run(hooks_dir, ["/bin/env"],
+                     env=["NVIDIA_VISIBLE_DEVICES=3,1", "CUDA_VISIBLE_DEVICES=3,1"])
+    assert res.returncode == 0, res.stderr
+    env = res.stdout.splitlines()
+    assert f"NVIDIA_VISIBLE_DEVICES={GPUS[3]},{GPUS[1]}" in env
+    assert "CUDA_VISIBLE_DEVICES=1,0" in env
+
+
+def test_denial_stops_the_container(podman: Podman, hooks: tuple[Path, Path]) -> None:
+    hooks_dir, config = hooks
+    config.write_text(config.read_text() + '[policy]\nall = "never"\n')
+    res = podman.run(hooks_dir, ["/bin/echo", "ran"], env=["NVIDIA_VISIBLE_DEVICES=all"])
+    assert res.returncode == 126
+    assert "ran" not in res.stdout
+    assert "precreate" in res.stderr and "exit status 3" in res.stderr
