@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from nvhook import __version__
-from nvhook.engine import Evaluation
-from nvhook.request import to_json
+from nvhook.decision.evaluate import Evaluation
+from nvhook.decision.request import to_json
 
 # Kubernetes names as CRI-O and containerd put them on the container.
 _NAMESPACE_KEYS = ("io.kubernetes.pod.namespace", "io.kubernetes.cri.sandbox-namespace")

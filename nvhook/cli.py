@@ -1,5 +1,5 @@
 """The typer app. Commands parse options, call the core, render, and map errors
-to exit codes; ``_guard`` (``hookmain.guard``, shared with the hook's typer-free
+to exit codes; ``_guard`` (``exits.guard``, shared with the hook's typer-free
 path) is the one place exceptions become an exit status."""
 
 from __future__ import annotations
@@ -14,9 +14,7 @@ import typer
 
 from nvhook import config as config_mod
 from nvhook.errors import ExitStatus
-from nvhook.hookmain import fail as fail
-from nvhook.hookmain import guard
-from nvhook.hookmain import run_hook as run_hook  # entry calls hookmain directly
+from nvhook.exits import guard
 
 T = TypeVar("T")
 
@@ -57,7 +55,9 @@ def load_config(ctx: typer.Context) -> config_mod.Config:
 @app.command()
 def prestart(ctx: typer.Context) -> None:
     """Run as an OCI prestart hook: the container state comes on stdin."""
-    run_hook(["--config", ctx.obj] if ctx.obj else [], sys.stdin.buffer.read(), None)
+    from nvhook.modes import prestart as prestart_mod
+
+    prestart_mod.run(["--config", ctx.obj] if ctx.obj else [], sys.stdin.buffer.read(), None)
 
 
 @app.command()
@@ -70,10 +70,10 @@ def explain(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Show what the hook would do to a bundle, and why."""
-    from nvhook import explain as explain_mod
-    from nvhook import spec as spec_mod
-    from nvhook.decide import Outcome
-    from nvhook.engine import evaluate
+    from nvhook.decision.decide import Outcome
+    from nvhook.decision.evaluate import evaluate
+    from nvhook.oci import spec as spec_mod
+    from nvhook.ops import explain as explain_mod
 
     def go() -> int:
         config = load_config(ctx)
@@ -98,10 +98,10 @@ def _config_option(ctx: typer.Context) -> str | None:
 def _verbatim_args(parsed: list[str], command: str) -> list[str]:
     """The args after ``command`` exactly as given: click drops a ``--`` from its
     extra args, and a runtime's argv must be forwarded untouched."""
-    from nvhook.entry import _stage_word
+    from nvhook.hookargs import stage_word
 
     argv = sys.argv[1:]
-    if _stage_word(argv) == command:
+    if stage_word(argv) == command:
         tail = argv[argv.index(command) + 1:]
         if [a for a in tail if a != "--"] == [a for a in parsed if a != "--"]:
             return tail
@@ -117,7 +117,7 @@ def runtime(ctx: typer.Context) -> None:
     the real runtime with the same arguments."""
     import os
 
-    from nvhook import shim
+    from nvhook.modes import shim
 
     args = _verbatim_args(list(ctx.args), "runtime")
     target = _guard(lambda: shim.run(args, _config_option(ctx)))
@@ -136,7 +136,7 @@ def runtime(ctx: typer.Context) -> None:
 @app.command()
 def precreate(ctx: typer.Context) -> None:
     """Run as a Podman precreate hook: the OCI config on stdin, the decided config on stdout."""
-    from nvhook import precreate as precreate_mod
+    from nvhook.modes import precreate as precreate_mod
 
     raw = sys.stdin.buffer.read()
     out = _guard(lambda: precreate_mod.precreate(raw, _config_option(ctx)))
@@ -153,9 +153,9 @@ def devices(
     as_json: Annotated[bool, typer.Option("--json", help="Print the inventory as JSON.")] = False,
 ) -> None:
     """List the GPUs and MIG devices nvhook sees, with the ids a request may use."""
-    from nvhook import devices as devices_mod
-    from nvhook.engine import read_inventory
+    from nvhook.decision.evaluate import read_inventory
     from nvhook.errors import InventoryError
+    from nvhook.ops import devices as devices_mod
 
     def go() -> None:
         config = load_config(ctx) if inventory is None else config_mod.Config()
@@ -204,8 +204,8 @@ def install(
     ] = False,
 ) -> None:
     """Register nvhook with a container engine (backs up and atomically rewrites its files)."""
-    from nvhook import install as install_mod
     from nvhook.errors import UsageError
+    from nvhook.ops import install as install_mod
 
     def go() -> None:
         try:
@@ -257,7 +257,7 @@ def doctor(
     nvidia_config: NvidiaConfigOpt = None,
 ) -> None:
     """Check this node: NVML, driver, GPUs, NVIDIA's hook and config, hooks.d, policy, audit."""
-    from nvhook import doctor as doctor_mod
+    from nvhook.ops import doctor as doctor_mod
 
     def go() -> int:
         explicit = _config_option(ctx)
@@ -286,7 +286,7 @@ def config_set(
                                          "string.")],
 ) -> None:
     """Set KEY to VALUE in nvhook's config, keeping comments; validated before it is written."""
-    from nvhook import config_edit
+    from nvhook.ops import config_edit
 
     def go() -> None:
         explicit = _config_option(ctx)

@@ -15,14 +15,14 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from nvhook.decision.policy import POLICY_KEYS, Policy, Rule, effective
 from nvhook.errors import ConfigError
-from nvhook.policy import POLICY_KEYS, Policy, Rule, effective
+from nvhook.nvidia.delegate import DELEGATE_CANDIDATES as DELEGATE_CANDIDATES
+from nvhook.nvidia.delegate import SAFE_PATH as SAFE_PATH
+from nvhook.nvidia.delegate import DelegateSettings
 
 DEFAULT_PATH = Path("/etc/nvhook/config.toml")
 CONFIG_ENV = "NVHOOK_CONFIG"
-# The only PATH nvhook ever hands to a child: never the caller's, never the container's.
-SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-DELEGATE_CANDIDATES = ("nvidia-container-runtime-hook", "nvidia-container-toolkit")
 DEFAULT_AUDIT_PATH = "/var/log/nvhook/audit.jsonl"
 
 
@@ -36,13 +36,6 @@ class InventorySettings:
     source: InventorySource = InventorySource.NVML
     file: Path | None = None
     timeout: float = 5.0
-
-
-@dataclass(frozen=True)
-class DelegateSettings:
-    path: str | None = None  # None: look up DELEGATE_CANDIDATES; "": policy only
-    args: tuple[str, ...] = ("prestart",)
-    env: tuple[str, ...] = (f"PATH={SAFE_PATH}",)
 
 
 @dataclass(frozen=True)

@@ -10,10 +10,10 @@ from typing import Any
 
 from fakenvml import GPU0_BUS, GPU0_UUID, GPU1_BUS, GPU1_UUID, MIG_A_UUID, MIG_B_UUID
 
-from nvhook import inventory as inventory_mod
-from nvhook.inventory import Inventory
-from nvhook.policy import Policy
-from nvhook.spec import DEVICE_MOUNT_ROOT, Spec, from_document
+from nvhook.decision.policy import Policy
+from nvhook.gpus import inventory as inventory_mod
+from nvhook.gpus.inventory import Inventory
+from nvhook.oci.spec import DEVICE_MOUNT_ROOT, Spec, from_document
 
 CONFIG_PATH = Path("/b/config.json")
 ADMIN = ("CAP_SYS_ADMIN",)

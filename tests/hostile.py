@@ -11,11 +11,11 @@ from typing import Any
 from builders import INVENTORY_JSON
 from fakenvml import GPU0_UUID, GPU1_UUID, MIG_A_UUID, MIG_B_UUID
 
-from nvhook.decide import Decision, Outcome, decide
-from nvhook.inventory import IdForm, Inventory, MigDevice, Unresolved, from_json
-from nvhook.policy import AllRule, Indices, Mode, Policy
-from nvhook.request import VISIBLE_DEVICES, Kind, cdi_device_name, parse
-from nvhook.spec import Spec, from_document
+from nvhook.decision.decide import Decision, Outcome, decide
+from nvhook.decision.policy import AllRule, Indices, Mode, Policy
+from nvhook.decision.request import VISIBLE_DEVICES, Kind, cdi_device_name, parse
+from nvhook.gpus.inventory import IdForm, Inventory, MigDevice, Unresolved, from_json
+from nvhook.oci.spec import Spec, from_document
 
 INVENTORY: Inventory = from_json(INVENTORY_JSON)
 LIVE = frozenset({GPU0_UUID, GPU1_UUID, MIG_A_UUID, MIG_B_UUID})

@@ -16,8 +16,7 @@ from nvhook.config import (
     InventorySettings,
     InventorySource,
 )
-from nvhook.errors import ConfigError, ExitStatus
-from nvhook.policy import (
+from nvhook.decision.policy import (
     AllRule,
     DeviceNodes,
     Indices,
@@ -27,7 +26,8 @@ from nvhook.policy import (
     Trust,
     effective,
 )
-from nvhook.request import ALL_DRIVER_CAPABILITIES
+from nvhook.decision.request import ALL_DRIVER_CAPABILITIES
+from nvhook.errors import ConfigError, ExitStatus
 
 P = pytest.param
 PATH = Path("/etc/nvhook/test.toml")

@@ -1,7 +1,7 @@
 """SIGKILL during the config.json rewrite: the file is always exactly the old or exactly the new
 document, keeps its mode, and a later run sweeps the temp files of killed writers.
 
-Part one forks writers that call ``nvhook.spec.write_atomic`` in a loop (alternating the old and
+Part one forks writers that call ``nvhook.oci.spec.write_atomic`` in a loop (alternating the old and
 the new document) and kills each after a random delay from a seeded RNG: 500 kills, most of them
 inside a write. Part two kills the real ``nvhook prestart`` at random moments.
 """
@@ -22,7 +22,7 @@ import fakenvml
 import pytest
 from conftest import NVHOOK, Node, runc_state, write_bundle
 
-from nvhook.spec import write_atomic
+from nvhook.oci.spec import write_atomic
 
 pytestmark = pytest.mark.slow
 

@@ -1,4 +1,4 @@
-"""nvhook.decide: the decision truth table, and the rewrites it produces.
+"""nvhook.decision.decide: the decision truth table, and the rewrites it produces.
 
 Each row of DECISIONS: the container (env, caps, mounts, annotations, devices), the policy
 overrides, then the expected outcome, granted UUIDs, NVIDIA_VISIBLE_DEVICES afterwards
@@ -25,10 +25,10 @@ from builders import (
 from fakenvml import GPU0_BUS, GPU0_UUID, GPU1_UUID, MIG_A_UUID, MIG_B_UUID
 
 from nvhook import config
-from nvhook.decide import Outcome, Violation, decide, needs_inventory, rewrite_entries
+from nvhook.decision.decide import Outcome, Violation, decide, needs_inventory, rewrite_entries
+from nvhook.decision.policy import Policy
+from nvhook.decision.request import parse
 from nvhook.errors import InventoryError
-from nvhook.policy import Policy
-from nvhook.request import parse
 
 P = pytest.param
 INV = fake_inventory()

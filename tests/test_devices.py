@@ -8,8 +8,8 @@ from pathlib import Path
 import fakenvml
 from conftest import Node
 
-from nvhook import devices
-from nvhook.inventory import Gpu, Inventory, MigDevice
+from nvhook.gpus.inventory import Gpu, Inventory, MigDevice
+from nvhook.ops import devices
 
 
 def test_table_nests_mig_devices_under_their_gpu() -> None:

@@ -14,7 +14,7 @@ import fakenvml
 import pytest
 from conftest import Node
 
-from nvhook import install as install_mod
+from nvhook.ops import install as install_mod
 
 LINE = re.compile(r"^(ok|warn|fail)  ([\w.-]+): .+$")
 HOOKS_D = "usr/share/containers/oci/hooks.d"

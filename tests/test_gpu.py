@@ -15,7 +15,7 @@ pytestmark = pytest.mark.gpu
 
 READ = """
 import json
-from nvhook import nvml
+from nvhook.gpus import nvml
 from nvhook.errors import InventoryError
 try:
     print(json.dumps(nvml.read(30.0).as_json()))

@@ -30,8 +30,8 @@ from hostile import (
     check_invariants,
 )
 
-from nvhook.decide import Outcome
-from nvhook.request import MIG_CONFIG_DEVICES, MIG_MONITOR_DEVICES
+from nvhook.decision.decide import Outcome
+from nvhook.decision.request import MIG_CONFIG_DEVICES, MIG_MONITOR_DEVICES
 
 V = "NVIDIA_VISIBLE_DEVICES"
 G0, G1, MA, MB = GPU0_UUID, GPU1_UUID, MIG_A_UUID, MIG_B_UUID

@@ -17,8 +17,8 @@ from hostile import OTHER_GPU0, OTHER_MIG, check_invariants
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nvhook.decide import Outcome
-from nvhook.policy import (
+from nvhook.decision.decide import Outcome
+from nvhook.decision.policy import (
     AllRule,
     DeviceNodes,
     Indices,
@@ -27,7 +27,7 @@ from nvhook.policy import (
     Policy,
     Trust,
 )
-from nvhook.request import ALL_DRIVER_CAPABILITIES
+from nvhook.decision.request import ALL_DRIVER_CAPABILITIES
 
 EXAMPLES = 800
 FAST = settings(max_examples=EXAMPLES, deadline=None, derandomize=True,

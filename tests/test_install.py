@@ -14,8 +14,8 @@ import pytest
 from typer.testing import CliRunner
 
 from nvhook import config as config_mod
-from nvhook import install as install_mod
 from nvhook.cli import app
+from nvhook.ops import install as install_mod
 
 ENGINES = [e.value for e in install_mod.Engine]
 NVIDIA_CONFIG = "/etc/nvidia-container-runtime/config.toml"

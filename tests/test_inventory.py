@@ -1,4 +1,4 @@
-"""nvhook.inventory: how each device id form resolves against the live GPUs.
+"""nvhook.gpus.inventory: how each device id form resolves against the live GPUs.
 
 The rows mirror nvidia-container-cli's ``select_devices`` and its MIG counterpart, over the
 fake NVML default topology: GPU 0 (MIG off), GPU 1 (MIG on, MIG devices in slots 0 and 2).
@@ -15,18 +15,18 @@ from builders import ALL_UUIDS, fake_inventory, inventory_json
 from fakenvml import GPU0_BUS, GPU0_UUID, GPU1_BUS, GPU1_UUID, MIG_A_UUID, MIG_B_UUID
 
 from nvhook.errors import InventoryError
-from nvhook.inventory import (
+from nvhook.gpus.inventory import (
     Gpu,
     IdForm,
     Inventory,
     MigDevice,
     Unresolved,
     from_json,
-    load,
     load_file,
     looks_like_uuid,
     normalize_bus_id,
 )
+from nvhook.gpus.source import load
 
 P = pytest.param
 INV = fake_inventory()

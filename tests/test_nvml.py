@@ -14,7 +14,7 @@ import pytest
 # which is only read at process start.
 READ = """
 import json, sys
-from nvhook import nvml
+from nvhook.gpus import nvml
 from nvhook.errors import InventoryError
 try:
     inv = nvml.read(float(sys.argv[1]))

@@ -15,10 +15,8 @@ from fakenvml import GPU0_BUS, GPU0_UUID, GPU1_BUS, GPU1_UUID, MIG_A_UUID, MIG_B
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nvhook.decide import Outcome, decide
-from nvhook.errors import InventoryError
-from nvhook.inventory import MigDevice, Unresolved
-from nvhook.policy import (
+from nvhook.decision.decide import Outcome, decide
+from nvhook.decision.policy import (
     AllRule,
     DeviceNodes,
     Indices,
@@ -27,13 +25,15 @@ from nvhook.policy import (
     Policy,
     Trust,
 )
-from nvhook.request import (
+from nvhook.decision.request import (
     ALL_DRIVER_CAPABILITIES,
     Kind,
     parse,
     split_ids,
     visible_devices,
 )
+from nvhook.errors import InventoryError
+from nvhook.gpus.inventory import MigDevice, Unresolved
 
 INV = fake_inventory()
 LIVE = set(ALL_UUIDS)

@@ -1,4 +1,4 @@
-"""nvhook.request: what a container asks for, on every channel, with NVIDIA's semantics.
+"""nvhook.decision.request: what a container asks for, on every channel, with NVIDIA's semantics.
 
 Each row pins one rule of FIELD.md §4 (how NVIDIA's hook reads a spec).
 """
@@ -9,7 +9,7 @@ import pytest
 from builders import ADMIN, device_mount, make_spec, mount
 from fakenvml import GPU0_UUID, GPU1_UUID, MIG_A_UUID
 
-from nvhook.request import (
+from nvhook.decision.request import (
     ALL_DRIVER_CAPABILITIES,
     DEFAULT_DRIVER_CAPABILITIES,
     Kind,

@@ -9,10 +9,10 @@ import fakenvml
 import pytest
 from conftest import Node, write_bundle
 
-from nvhook import shim
 from nvhook.config import SAFE_PATH, Config
 from nvhook.errors import DelegateError
-from nvhook.inventory import Gpu, Inventory, MigDevice
+from nvhook.gpus.inventory import Gpu, Inventory, MigDevice
+from nvhook.modes import apply, shim
 
 
 def _gpu(i: int) -> Gpu:
@@ -103,11 +103,11 @@ def test_parse_argv(args: list[str], subcommand: str | None, bundle: str | None,
     ],
 )
 def test_reindex_cuda(env: list[str], granted: list[str], want: list[str]) -> None:
-    assert shim.reindex_cuda(env, granted, INVENTORY) == tuple(want)
+    assert apply.reindex_cuda(env, granted, INVENTORY) == tuple(want)
 
 
 def test_reindex_without_inventory_keeps_uuids() -> None:
-    assert shim.reindex_cuda(["CUDA_VISIBLE_DEVICES=0"], [G[0]], None) == (
+    assert apply.reindex_cuda(["CUDA_VISIBLE_DEVICES=0"], [G[0]], None) == (
         f"CUDA_VISIBLE_DEVICES={G[0]}",)
 
 

@@ -1,4 +1,4 @@
-"""The stdlib mirror of the state schema (``entry._state_looks_valid``), which lets
+"""The stdlib mirror of the state schema (``entry.state_looks_valid``), which lets
 ``state.validate`` skip jsonschema, never accepts what the schema refuses."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nvhook import state
-from nvhook.entry import _state_looks_valid
 from nvhook.errors import StateError
+from nvhook.oci import state
+from nvhook.oci.scan import state_looks_valid
 
 RUNC = {"ociVersion": "1.0.2-dev", "id": "c", "status": "creating", "pid": 1, "bundle": "/b"}
 
@@ -31,7 +31,7 @@ def schema_accepts(doc: Any) -> bool:
     ],
 )
 def test_common_states_skip_jsonschema(doc: dict[str, Any]) -> None:
-    assert _state_looks_valid(doc)
+    assert state_looks_valid(doc)
     assert schema_accepts(doc)
 
 
@@ -50,7 +50,7 @@ def test_common_states_skip_jsonschema(doc: dict[str, Any]) -> None:
 )
 def test_anything_unusual_goes_to_the_schema(change: dict[str, Any]) -> None:
     doc = {**RUNC, **change}
-    assert not _state_looks_valid(doc)
+    assert not state_looks_valid(doc)
     if not schema_accepts(doc):
         with pytest.raises(StateError):
             state.validate(doc)
@@ -71,7 +71,7 @@ keys = st.sampled_from(["ociVersion", "id", "status", "pid", "bundle", "bundlePa
 
 @given(st.dictionaries(keys, values))
 def test_fast_accept_implies_schema_accept(doc: dict[str, Any]) -> None:
-    if _state_looks_valid(doc):
+    if state_looks_valid(doc):
         assert schema_accepts(doc), doc
 
 
@@ -79,5 +79,5 @@ def test_fast_accept_implies_schema_accept(doc: dict[str, Any]) -> None:
                                            ("pid", "bundlePath", "annotations", "root")}))
 def test_fast_accept_implies_schema_accept_near_valid(extra: dict[str, Any]) -> None:
     doc = {**RUNC, **extra}
-    if _state_looks_valid(doc):
+    if state_looks_valid(doc):
         assert schema_accepts(doc), doc

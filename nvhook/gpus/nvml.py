@@ -13,7 +13,7 @@ import threading
 from typing import Any
 
 from nvhook.errors import InventoryError
-from nvhook.inventory import Gpu, Inventory, MigDevice, normalize_bus_id
+from nvhook.gpus.inventory import Gpu, Inventory, MigDevice, normalize_bus_id
 
 
 def read(timeout: float) -> Inventory:

@@ -1,16 +1,14 @@
-"""The prestart hook's command layer, without typer.
+"""The one place an exception becomes a stderr line and an exit status.
 
-``entry`` calls ``run_hook`` for every container that may ask for a GPU, so this
-module imports only what that path needs: the typer app (``cli``) costs ~30 ms
-of imports and is never loaded here. ``cli`` re-uses ``fail`` and ``guard``, so
-exceptions become exit statuses in one place for every command.
+Shared by the typer app (``cli``) and the hook's typer-free path
+(``modes.prestart.run``), so every command reports failures the same way.
 """
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from typing import Any, NoReturn, TypeVar
+from typing import NoReturn, TypeVar
 
 from nvhook.errors import DeniedError, ExitStatus, NvhookError
 
@@ -40,23 +38,3 @@ def guard(fn: Callable[[], T], passthrough: tuple[type[BaseException], ...] = ()
         if isinstance(e, passthrough):
             raise
         fail(f"internal error: {type(e).__name__}: {e}", ExitStatus.INTERNAL)
-
-
-def run_hook(argv: list[str], raw: bytes, preloaded: Any) -> NoReturn:
-    """The prestart path, entered from ``entry`` with stdin already read."""
-
-    def go() -> NoReturn:
-        from nvhook import config as config_mod
-        from nvhook import delegate, hook
-        from nvhook.entry import _config_option
-
-        config = config_mod.load(_config_option(argv))
-        handover = hook.prestart(raw, config, preloaded)
-        for warning in handover.warnings:
-            print(f"nvhook: {warning}", file=sys.stderr)
-        if handover.path is None:
-            sys.exit(0)
-        delegate.exec_delegate(handover.path, config.delegate, handover.state)
-
-    guard(go)
-    sys.exit(0)

@@ -6,14 +6,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from nvhook import inventory as inventory_mod
 from nvhook.config import Config
-from nvhook.decide import Decision, decide, needs_inventory
+from nvhook.decision.decide import Decision, decide, needs_inventory
+from nvhook.decision.policy import Policy
+from nvhook.decision.request import Request, parse
 from nvhook.errors import InventoryError
-from nvhook.inventory import Inventory
-from nvhook.policy import Policy
-from nvhook.request import Request, parse
-from nvhook.spec import Spec
+from nvhook.gpus import inventory as inventory_mod
+from nvhook.gpus import source
+from nvhook.gpus.inventory import Inventory
+from nvhook.oci.spec import Spec
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,6 @@ def read_inventory(
     try:
         if inventory_file is not None:
             return inventory_mod.load_file(inventory_file)
-        return inventory_mod.load(settings.source.value, settings.file, settings.timeout)
+        return source.load(settings.source.value, settings.file, settings.timeout)
     except InventoryError as e:
         return e

@@ -8,11 +8,22 @@ of the container's reaches it: its env is exactly the configured list.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
-from nvhook.config import DELEGATE_CANDIDATES, SAFE_PATH, DelegateSettings
 from nvhook.errors import DelegateError
+
+# The only PATH nvhook ever hands to a child: never the caller's, never the container's.
+SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+DELEGATE_CANDIDATES = ("nvidia-container-runtime-hook", "nvidia-container-toolkit")
+
+
+@dataclass(frozen=True)
+class DelegateSettings:
+    path: str | None = None  # None: look up DELEGATE_CANDIDATES; "": policy only
+    args: tuple[str, ...] = ("prestart",)
+    env: tuple[str, ...] = (f"PATH={SAFE_PATH}",)
 
 
 def find(settings: DelegateSettings) -> Path | None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from nvhook.engine import Evaluation
+from nvhook.decision.evaluate import Evaluation
+from nvhook.decision.request import env_map, to_json
 from nvhook.errors import InventoryError
-from nvhook.request import env_map, to_json
 
 
 def nvidia_env(env: tuple[str, ...]) -> dict[str, str]:

@@ -21,18 +21,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nvhook import audit, delegate
 from nvhook import config as config_mod
-from nvhook import spec as spec_mod
 from nvhook.config import SAFE_PATH, Config
-from nvhook.decide import Outcome, rewrite_entries
-from nvhook.engine import Evaluation, evaluate
-from nvhook.errors import DelegateError, DeniedError
-from nvhook.inventory import Gpu, Inventory, MigDevice
-from nvhook.policy import Mode
-from nvhook.request import Kind, parse
+from nvhook.decision.decide import Outcome
+from nvhook.decision.evaluate import Evaluation, evaluate
+from nvhook.decision.request import Kind, parse
+from nvhook.errors import DelegateError
+from nvhook.modes.apply import decided_document, may_request_gpu, record
+from nvhook.nvidia import delegate
+from nvhook.oci import spec as spec_mod
 
-CUDA_VISIBLE_DEVICES = "CUDA_VISIBLE_DEVICES"
 # runc's global options that take a value (urfave/cli: "-x v", "--x v", "--x=v").
 GLOBAL_VALUE_OPTIONS = frozenset({"root", "log", "log-format", "criu", "rootless"})
 # `runc create` options that take a value.
@@ -122,56 +120,6 @@ def parse_argv(args: Sequence[str]) -> RuntimeCall:
             bundle = value  # the last one wins, as with Go's flag package
         j += 1
     return RuntimeCall(args, subcommand, Path(bundle) if bundle else Path.cwd(), container_id)
-
-
-def reindex_cuda(env: Sequence[str], granted: Sequence[str],
-                 inventory: Inventory | None) -> tuple[str, ...]:
-    """Point ``CUDA_VISIBLE_DEVICES`` at the granted devices as the container sees them.
-
-    Only when the variable is present and something was granted. The container
-    enumerates its GPUs in host NVML index order, so a GPU gets its rank among the
-    granted GPUs (host 3,1,5 -> "1,0,2", as Sarus does); a MIG device gets its UUID,
-    which CUDA accepts and which needs no enumeration rule. A UUID the inventory does
-    not know is passed as the UUID itself.
-    """
-    if not granted or not any(e.partition("=")[0] == CUDA_VISIBLE_DEVICES and "=" in e
-                              for e in env):
-        return tuple(env)
-    devices = [inventory.by_uuid(u) if inventory is not None else None for u in granted]
-    gpu_order = sorted((d.index, d.uuid) for d in devices if isinstance(d, Gpu))
-    rank = {uuid: n for n, (_, uuid) in enumerate(gpu_order)}
-    items = []
-    for uuid, device in zip(granted, devices, strict=True):
-        if isinstance(device, Gpu):
-            items.append(str(rank[device.uuid]))
-        elif isinstance(device, MigDevice):
-            items.append(device.uuid)
-        else:
-            items.append(uuid)
-    value = ",".join(dict.fromkeys(items))
-    return rewrite_entries(env, {CUDA_VISIBLE_DEVICES: f"{CUDA_VISIBLE_DEVICES}={value}"})
-
-
-def decided_document(evaluation: Evaluation) -> dict[str, Any]:
-    """The spec document after the decision, with the env edits only a pre-create
-    stage can make: ``CUDA_VISIBLE_DEVICES`` re-indexed. Raises ``DeniedError``.
-
-    Audit mode changes nothing, so it gets the document as it came.
-    """
-    decision = evaluation.decision
-    if decision.outcome is Outcome.DENY:
-        raise DeniedError(decision.denial)
-    spec = evaluation.spec
-    doc = decision.doc if decision.doc is not None else spec.doc
-    doc = copy.deepcopy(doc)
-    if decision.outcome is Outcome.SKIP or decision.policy.mode is Mode.AUDIT:
-        return doc
-    inventory = evaluation.inventory if isinstance(evaluation.inventory, Inventory) else None
-    env = list(decision.env) if decision.doc is not None else list(spec.env)
-    new_env = reindex_cuda(env, decision.granted, inventory)
-    if new_env != tuple(env):
-        doc.setdefault("process", {})["env"] = list(new_env)
-    return doc
 
 
 def wants_nvidia_hook(evaluation: Evaluation, doc: Mapping[str, Any], config: Config) -> bool:
@@ -304,26 +252,6 @@ def prepare_create(call: RuntimeCall, config_option: str | None) -> str | None:
     if new != spec.doc:
         spec_mod.write_atomic(path, new)
     return config.runtime_path
-
-
-def may_request_gpu(doc: dict[str, Any], config_option: str | None) -> bool:
-    """The hook's cheap pre-check: False only when no channel can name a GPU."""
-    from nvhook.entry import _swarm_names
-
-    swarm = _swarm_names(str(config_mod.config_path(config_option)[0]))
-    return swarm is None or spec_mod.may_request_gpu(doc, swarm)
-
-
-def record(config: Config, evaluation: Evaluation, container_id: str, stage: str) -> None:
-    """Audit every judged request; a failing audit log is a warning, never a failed start."""
-    if not config.audit_path or evaluation.decision.outcome is Outcome.SKIP:
-        return
-    entry = audit.record(evaluation, container_id, stage, evaluation.spec.annotations)
-    try:
-        audit.append(config.audit_path, entry)
-    except OSError as e:
-        print(f"nvhook: warning: audit log {config.audit_path}: {e.strerror or e}",
-              file=sys.stderr)
 
 
 def _refuse_self(path: Path) -> None:

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from nvhook.spec import DEVICE_MOUNT_ROOT, Mount, Spec
+from nvhook.oci.spec import DEVICE_MOUNT_ROOT, Mount, Spec
 
 VISIBLE_DEVICES = "NVIDIA_VISIBLE_DEVICES"
 DRIVER_CAPABILITIES = "NVIDIA_DRIVER_CAPABILITIES"

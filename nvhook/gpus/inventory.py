@@ -287,14 +287,3 @@ def _unique(uuid: str, seen: set[str], at: str) -> None:
     if uuid.lower() in seen:
         raise InventoryError(f"{at}.uuid: {uuid} appears twice")
     seen.add(uuid.lower())
-
-
-def load(source: str, file: Path | None, timeout: float) -> Inventory:
-    """The inventory from the configured source. Raises ``InventoryError``."""
-    if source == "file":
-        if file is None:
-            raise InventoryError("inventory.source is \"file\" but no inventory.file is set")
-        return load_file(file)
-    from nvhook import nvml
-
-    return nvml.read(timeout)

@@ -1,4 +1,4 @@
-"""The hook's no-GPU test, on the raw parsed config.json.
+"""The hook's no-GPU test, on the raw parsed state and config.json.
 
 Imports nothing: ``entry``'s fast path runs it for every container on the node
 before anything else is loaded (``spec`` costs ~10 ms of imports, mostly
@@ -51,3 +51,26 @@ def may_request_gpu(doc: Mapping[str, Any], extra_env_names: Sequence[str] = ())
     elif devices is not None:
         return True
     return False
+
+
+MAX_STATE_BYTES = 1 << 20  # real states are a few hundred bytes
+
+
+def state_looks_valid(state: object) -> bool:
+    """A stdlib mirror of schemas/oci-state.json: anything it would reject goes to the
+    full path, which reports it. Exiting 0 here would hide a broken state."""
+    if not isinstance(state, dict):
+        return False
+    if not all(isinstance(state.get(k), str) and state[k] for k in
+               ("ociVersion", "id", "status")):
+        return False
+    paths = [state[k] for k in ("bundle", "bundlePath") if k in state]
+    if not paths or not all(isinstance(p, str) and p.startswith("/") for p in paths):
+        return False
+    pid = state.get("pid", 0)
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid < 0:
+        return False
+    annotations = state.get("annotations", {})
+    return isinstance(annotations, dict) and all(
+        isinstance(v, str) for v in annotations.values()
+    )

@@ -93,7 +93,7 @@ def default_text() -> str:
     """nvhook's config with every key at its default, each commented with what it does."""
     import tomlkit
 
-    from nvhook.policy import Policy
+    from nvhook.decision.policy import Policy
 
     p = Policy()
     c = config_mod.Config()

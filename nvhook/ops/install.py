@@ -356,7 +356,7 @@ def _nvidia_config(path: Path) -> list[Change]:
 def _own_config(path: Path) -> list[Change]:
     if path.exists():
         return []  # the user's file: install never edits it (that is `nvhook config set`)
-    from nvhook.config_edit import default_text
+    from nvhook.ops.config_edit import default_text
 
     return _write(path, default_text().encode("utf-8"), "nvhook's default config")
 

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from nvhook.errors import StateError
+from nvhook.oci.scan import MAX_STATE_BYTES, state_looks_valid
 
-SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "oci-state.json"
-MAX_STATE_BYTES = 1 << 20  # real states are a few hundred bytes
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "oci-state.json"
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,14 @@ class State:
     pid: int | None = None
     annotations: Mapping[str, str] = field(default_factory=dict)
     raw: bytes = field(default=b"", repr=False)  # handed on to the delegate as it came
+
+
+@dataclass(frozen=True)
+class Preloaded:
+    """What the hook's fast path already parsed, so nothing is read or parsed twice."""
+
+    state_doc: dict[str, Any]
+    spec_doc: dict[str, Any]
 
 
 def decode(raw: bytes) -> dict[str, Any]:
@@ -67,9 +75,7 @@ def parse(raw: bytes) -> State:
 
 
 def validate(doc: dict[str, Any]) -> None:
-    from nvhook.entry import _state_looks_valid
-
-    if _state_looks_valid(doc):
+    if state_looks_valid(doc):
         return  # the schema accepts it too; jsonschema (~40 ms to import) only words errors
     import jsonschema
 

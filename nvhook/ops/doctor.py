@@ -26,7 +26,7 @@ from pathlib import Path
 from nvhook import config as config_mod
 from nvhook.config import SAFE_PATH, Config, InventorySource
 from nvhook.errors import NvhookError
-from nvhook.install import HOOKS_DIRS, NVIDIA_HOOK_FILE, nvhook_executable, under
+from nvhook.ops.install import HOOKS_DIRS, NVIDIA_HOOK_FILE, nvhook_executable, under
 
 NVIDIA_CONFIG = Path("/etc/nvidia-container-runtime/config.toml")
 VERSION_TIMEOUT = 5.0
@@ -98,7 +98,7 @@ def _policy(opts: Options) -> tuple[Config, Check]:
 
 
 def _inventory(config: Config) -> list[Check]:
-    from nvhook import inventory as inventory_mod
+    from nvhook.gpus import inventory as inventory_mod
 
     settings = config.inventory
     started = time.monotonic()
@@ -109,7 +109,7 @@ def _inventory(config: Config) -> list[Check]:
             first = Check(Level.OK, "nvml", f"not used: [inventory] source = \"file\" "
                           f"({settings.file})")
         else:
-            from nvhook import nvml
+            from nvhook.gpus import nvml
 
             inv = nvml.read(settings.timeout)
             ms = (time.monotonic() - started) * 1000
@@ -136,7 +136,7 @@ def _inventory(config: Config) -> list[Check]:
 
 
 def _delegate(config: Config) -> list[Check]:
-    from nvhook import delegate
+    from nvhook.nvidia import delegate
 
     try:
         path = delegate.find(config.delegate)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from nvhook.request import ALL_DRIVER_CAPABILITIES
+from nvhook.decision.request import ALL_DRIVER_CAPABILITIES
 
 
 class Mode(StrEnum):

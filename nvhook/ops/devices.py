@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from nvhook.inventory import Inventory
+from nvhook.gpus.inventory import Inventory
 
 HEADER = ("INDEX", "UUID", "PCI BUS ID", "NAME", "MIG")
 

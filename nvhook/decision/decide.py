@@ -16,10 +16,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from nvhook.errors import InventoryError
-from nvhook.inventory import Device, Gpu, IdForm, Inventory, MigDevice, Resolution, Unresolved
-from nvhook.policy import AllRule, DeviceNodes, Indices, MigConfig, Mode, Policy, Trust
-from nvhook.request import (
+from nvhook.decision.policy import AllRule, DeviceNodes, Indices, MigConfig, Mode, Policy, Trust
+from nvhook.decision.request import (
     CDI_ANNOTATION_PREFIX,
     DRIVER_CAPABILITIES,
     MIG_CONFIG_DEVICES,
@@ -32,7 +30,9 @@ from nvhook.request import (
     is_gpu_node,
     split_ids,
 )
-from nvhook.spec import DEVICE_MOUNT_ROOT, Spec
+from nvhook.errors import InventoryError
+from nvhook.gpus.inventory import Device, Gpu, IdForm, Inventory, MigDevice, Resolution, Unresolved
+from nvhook.oci.spec import DEVICE_MOUNT_ROOT, Spec
 
 GPU_CDI_KIND = "nvidia.com/gpu"
 # CDI kinds of NVIDIA's that attach no GPU and so are not judged here.

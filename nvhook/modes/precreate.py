@@ -14,9 +14,9 @@ import json
 from pathlib import Path
 
 from nvhook import config as config_mod
-from nvhook import shim
-from nvhook import spec as spec_mod
-from nvhook.engine import evaluate
+from nvhook.decision.evaluate import evaluate
+from nvhook.modes import apply
+from nvhook.oci import spec as spec_mod
 
 STDIN = Path("<stdin>")
 
@@ -25,15 +25,15 @@ def precreate(raw: bytes, config_option: str | None) -> bytes:
     """-> the bytes to print. A config nvhook leaves alone comes back byte-identical.
     Raises ``DeniedError`` (and the other NvhookErrors) instead of printing anything."""
     doc = spec_mod.parse_document(STDIN, raw)
-    if not shim.may_request_gpu(doc, config_option):
+    if not apply.may_request_gpu(doc, config_option):
         return raw
     config = config_mod.load(config_option)
     spec = spec_mod.from_document(STDIN, doc)
     evaluation = evaluate(spec, config)
     # The config carries no container id; Podman's default hostname is its short id.
     hostname = doc.get("hostname")
-    shim.record(config, evaluation, hostname if isinstance(hostname, str) else "", "precreate")
-    new = shim.decided_document(evaluation)
+    apply.record(config, evaluation, hostname if isinstance(hostname, str) else "", "precreate")
+    new = apply.decided_document(evaluation)
     if new == spec.doc:
         return raw
     return json.dumps(new, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"

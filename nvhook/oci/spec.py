@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from nvhook.errors import SpecError, WriteError
-from nvhook.scan import may_request_gpu as may_request_gpu  # lives there: see nvhook/scan.py
+from nvhook.oci.scan import may_request_gpu as may_request_gpu  # lives there: see nvhook/scan.py
 
 CONFIG_NAME = "config.json"
 # What NVIDIA's hook reads as "devices requested through volume mounts".

@@ -1,0 +1,75 @@
+"""The hook's command line and nvhook's own config, read with the stdlib alone.
+
+Every container on the node runs the hook, so this is what the fast path, the
+typer-free hook path, the shim and the CLI share. Nothing here may import more
+than the stdlib at module level.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Stages where NVIDIA's hook does nothing, and so does nvhook. createContainer
+# runs inside the container's mount namespace: acting there is never safe.
+NOOP_STAGES = frozenset({"poststart", "poststop", "createContainer", "startContainer"})
+HOOK_STAGES = frozenset({"prestart", "createRuntime"})
+
+
+def normalize_argv(argv: list[str]) -> list[str]:
+    """Accept Sarus's NVIDIA-hook convention ``-config=PATH`` (or ``-config PATH``)."""
+    out: list[str] = []
+    it = iter(argv)
+    for arg in it:
+        if arg.startswith("-config="):
+            out += ["--config", arg.removeprefix("-config=")]
+        elif arg == "-config":
+            out += ["--config", next(it, "")]
+        else:
+            out.append(arg)
+    return out
+
+
+def stage_word(argv: list[str]) -> str | None:
+    """The first positional argument, skipping ``--config PATH``."""
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--config":
+            skip = True
+        elif not arg.startswith("-"):
+            return arg
+    return None
+
+
+def config_option(argv: list[str]) -> str | None:
+    """``--config PATH`` from argv, else $NVHOOK_CONFIG, else None (the default path)."""
+    for i, arg in enumerate(argv):
+        if arg == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--config="):
+            return arg.removeprefix("--config=")
+    return os.environ.get("NVHOOK_CONFIG") or None
+
+
+def swarm_names(config_option: str | None) -> tuple[str, ...] | None:
+    """Extra variable names that ask for GPUs (None: the config is broken). The
+    config is parsed only when it mentions ``swarm-resource``, so the common case
+    costs one small read."""
+    path = config_option or "/etc/nvhook/config.toml"
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        return ()
+    if b"swarm-resource" not in data:
+        return ()
+    from pathlib import Path
+
+    from nvhook.config import parse
+    from nvhook.errors import NvhookError
+
+    try:
+        return parse(data, Path(path)).swarm_resource
+    except NvhookError:
+        return None
