@@ -117,12 +117,13 @@ def runtime(ctx: typer.Context) -> None:
     the real runtime with the same arguments."""
     import os
 
+    from nvhook.exits import describe
     from nvhook.modes import shim
 
     args = _verbatim_args(list(ctx.args), "runtime")
-    target = _guard(lambda: shim.run(args, _config_option(ctx)))
 
     def go() -> None:
+        target = shim.run(args, _config_option(ctx))
         try:
             os.execv(target.path, list(target.argv))
         except OSError as e:
@@ -130,7 +131,18 @@ def runtime(ctx: typer.Context) -> None:
 
             raise DelegateError(f"{target.path}: cannot run the runtime: {e.strerror}") from None
 
-    _guard(go)
+    def logged() -> None:
+        try:
+            go()
+        except (Exception, KeyboardInterrupt) as e:
+            # containerd (Docker, ctr, the kubelet) shows the runtime's --log, not stderr.
+            line, _, notes = describe(e)
+            for note in notes:
+                shim.log_failure(args, f"nvhook: {note}", level="warning")
+            shim.log_failure(args, f"nvhook: {line}")
+            raise
+
+    _guard(logged)
 
 
 @app.command()

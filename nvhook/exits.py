@@ -21,20 +21,25 @@ def fail(message: str, status: ExitStatus, notes: tuple[str, ...] = ()) -> NoRet
     sys.exit(int(status))
 
 
+def describe(exc: BaseException) -> tuple[str, ExitStatus, tuple[str, ...]]:
+    """The line (without ``nvhook: ``), status and notes ``guard`` reports for ``exc``."""
+    if isinstance(exc, DeniedError):
+        return f"denied: {exc.message}", exc.status, exc.notes
+    if isinstance(exc, NvhookError):
+        return exc.message, exc.status, exc.notes
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted", ExitStatus.INTERNAL, ()
+    return f"internal error: {type(exc).__name__}: {exc}", ExitStatus.INTERNAL, ()
+
+
 def guard(fn: Callable[[], T], passthrough: tuple[type[BaseException], ...] = ()) -> T:
     """Run ``fn``; every exception becomes one stderr line and an exit status, except
     SystemExit and the ``passthrough`` types (the CLI's ``typer.Exit``)."""
     try:
         return fn()
-    except DeniedError as e:
-        fail(f"denied: {e.message}", e.status, e.notes)
-    except NvhookError as e:
-        fail(e.message, e.status, e.notes)
-    except KeyboardInterrupt:
-        fail("interrupted", ExitStatus.INTERNAL)
     except SystemExit:
         raise
-    except Exception as e:  # a bug: still one line, never a traceback
-        if isinstance(e, passthrough):
+    except (Exception, KeyboardInterrupt) as e:  # a bug is still one line, never a traceback
+        if isinstance(e, passthrough) and not isinstance(e, NvhookError):
             raise
-        fail(f"internal error: {type(e).__name__}: {e}", ExitStatus.INTERNAL)
+        fail(*describe(e))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 import fakenvml
@@ -10,7 +11,7 @@ import pytest
 from conftest import Node, write_bundle
 
 from nvhook.config import SAFE_PATH, Config
-from nvhook.errors import DelegateError
+from nvhook.errors import DelegateError, UsageError
 from nvhook.gpus.inventory import Gpu, Inventory, MigDevice
 from nvhook.modes import apply, shim
 
@@ -46,10 +47,32 @@ DOCKER = ["--root", "/run/docker/runtime-runc/moby", "--log", "/run/x/log.json",
                      id="single-dash long options"),
         pytest.param(["--debug", "--systemd-cgroup", "create", "c"], "create", "CWD", "c",
                      id="boolean globals, no bundle: cwd"),
-        pytest.param(["run", "--bundle", "create", "x"], "run", None, None,
+        pytest.param(["run", "--bundle", "create", "x"], "run", "create", "x",
                      id="run --bundle create"),
-        pytest.param(["run", "-b", "create", "x"], "run", None, None, id="run -b create"),
-        pytest.param(["run", "--bundle=create", "x"], "run", None, None, id="run --bundle=create"),
+        pytest.param(["run", "-b", "create", "x"], "run", "create", "x", id="run -b create"),
+        pytest.param(["run", "--bundle=create", "x"], "run", "create", "x",
+                     id="run --bundle=create"),
+        pytest.param(["run", "-d", "--keep", "--no-subreaper", "--pidfd-socket", "/s", "-b",
+                      "/b", "x"], "run", "/b", "x", id="run: every bool, pidfd-socket"),
+        pytest.param(["create", "--pidfd-socket", "x", "y"], "create", "CWD", "y",
+                     id="--pidfd-socket takes a value (runc >= 1.2)"),
+        pytest.param(["create", "--config", "x", "-b", "/b", "y"], "create", "/b", "y",
+                     id="--config takes a value (runc >= 1.3)"),
+        pytest.param(["restore", "--image-path", "/i", "--work-path", "/w", "--bundle", "/b",
+                      "--manage-cgroups-mode", "soft", "--empty-ns", "network",
+                      "--lsm-profile", "p", "--lsm-mount-context", "c", "--tcp-established",
+                      "--ext-unix-sk", "--shell-job", "--file-locks", "--auto-dedup",
+                      "--lazy-pages", "-d", "--no-subreaper", "--no-pivot", "--pid-file",
+                      "/p", "--console-socket", "/s", "x"], "restore", "/b", "x",
+                     id="restore: every option"),
+        pytest.param(["restore", "--image-path", "create", "x"], "restore", "CWD", "x",
+                     id="restore --image-path create"),
+        pytest.param(["--debug", "--root", "/r", "run", "x", "-b", "/b"], "run", "/b", "x",
+                     id="run options after the id"),
+        pytest.param(["--unknown", "state", "x"], "state", None, None,
+                     id="unknown global before a pass-through subcommand"),
+        pytest.param(["checkpoint", "--image-path", "/i", "x"], "checkpoint", None, None,
+                     id="checkpoint is not judged"),
         pytest.param(["create", "--bundle", "create", "x"], "create", "create", "x",
                      id="create --bundle create"),
         pytest.param(["create", "-b=/b", "x"], "create", "/b", "x", id="-b=v"),
@@ -75,6 +98,81 @@ def test_parse_argv(args: list[str], subcommand: str | None, bundle: str | None,
     assert call.subcommand == subcommand
     want = Path.cwd() if bundle == "CWD" else (Path(bundle) if bundle else None)
     assert (call.bundle, call.container_id) == (want, cid)
+
+
+@pytest.mark.parametrize(
+    ("args", "problem"),
+    [
+        pytest.param(["create", "--newflag", "/b", "x"], "unknown option '--newflag'",
+                     id="create: unknown option"),
+        pytest.param(["run", "--keep=true", "--sneaky", "x"], "unknown option '--sneaky'",
+                     id="run: unknown option"),
+        pytest.param(["restore", "--parent-path", "/p", "x"], "unknown option '--parent-path'",
+                     id="restore: checkpoint's option"),
+        pytest.param(["--newglobal", "x", "create", "c"], "unknown global option",
+                     id="unknown global before create"),
+        pytest.param(["create", "x", "--bundle"], "needs a value", id="value missing"),
+    ],
+)
+def test_parse_argv_refuses_what_it_cannot_place(args: list[str], problem: str) -> None:
+    with pytest.raises(UsageError, match=problem):
+        shim.parse_argv(args)
+
+
+@pytest.mark.parametrize(
+    ("args", "log", "fmt", "config"),
+    [
+        pytest.param([*DOCKER, "create", "--bundle", "/b", "c"], "/run/x/log.json", "json",
+                     None, id="docker's globals"),
+        pytest.param(["--log=/l", "run", "c"], "/l", "text", None, id="text is the default"),
+        pytest.param(["create", "--config", "spec.json", "c"], None, "text", "spec.json",
+                     id="--config"),
+    ],
+)
+def test_parse_argv_globals(args: list[str], log: str | None, fmt: str,
+                            config: str | None) -> None:
+    call = shim.parse_argv(args)
+    assert (call.log, call.log_format, call.config) == (Path(log) if log else None, fmt, config)
+
+
+def test_spec_path_follows_config_relative_to_bundle() -> None:
+    assert shim.parse_argv(["create", "-b", "/b", "c"]).spec_path == Path("/b/config.json")
+    assert shim.parse_argv(["create", "-b", "/b", "--config", "s.json", "c"]).spec_path == Path(
+        "/b/s.json")
+    assert shim.parse_argv(["create", "-b", "/b", "--config", "/s.json", "c"]).spec_path == Path(
+        "/s.json")
+
+
+@pytest.mark.parametrize(
+    ("fmt", "want"),
+    [
+        pytest.param("json", '{"level":"error","msg":"nvhook: denied: X=\\u00e9",'
+                     '"time":"2026-01-02T03:04:05.000006Z"}', id="json"),
+        pytest.param("text", 'time="2026-01-02T03:04:05.000006Z" level=error '
+                     'msg="nvhook: denied: X=\\u00e9"', id="text"),
+    ],
+)
+def test_log_failure_writes_runcs_format(tmp_path: Path, fmt: str, want: str) -> None:
+    log = tmp_path / "log.json"
+    log.write_text('{"level":"info","msg":"before"}\n')
+    now = datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=UTC)
+    args = ["--log", str(log), "--log-format", fmt, "create", "c"]
+    assert shim.log_failure(args, "nvhook: denied: X=\u00e9", now=now)
+    assert log.read_text().splitlines() == ['{"level":"info","msg":"before"}', want]
+
+
+def test_log_failure_without_log_or_on_a_symlink(tmp_path: Path) -> None:
+    assert not shim.log_failure(["create", "c"], "x")
+    target = tmp_path / "target"
+    target.write_text("")
+    (tmp_path / "link").symlink_to(target)
+    assert not shim.log_failure(["--log", str(tmp_path / "link"), "create", "c"], "x")
+    assert target.read_text() == ""
+    # An argv nvhook refused still names its log.
+    log = tmp_path / "l"
+    assert shim.log_failure(["--log", str(log), "--log-format", "json", "create", "--bogus", "c"],
+                            "x")
+    assert json.loads(log.read_text())["msg"] == "x"
 
 
 @pytest.mark.parametrize(
@@ -260,3 +358,75 @@ def test_shim_missing_runtime_is_one_line(node: Node, tmp_path: Path) -> None:
     assert proc.returncode == 8
     assert proc.stderr.decode() == (
         "nvhook: runtime.path: /nonexistent/runc: not found or not executable\n")
+
+
+@pytest.mark.parametrize(
+    ("sub", "env", "status", "start"),
+    [
+        pytest.param("create", ["NVIDIA_VISIBLE_DEVICES=all"], 3, "nvhook: denied: ", id="create"),
+        pytest.param("run", ["NVIDIA_VISIBLE_DEVICES=all"], 3, "nvhook: denied: ", id="run"),
+        pytest.param("restore", ["NVIDIA_VISIBLE_DEVICES=all"], 3, "nvhook: denied: ",
+                     id="restore"),
+        pytest.param("run", ["NVIDIA_VISIBLE_DEVICES=GPU-nope"], 3, "nvhook: denied: ",
+                     id="run: unknown UUID"),
+    ],
+)
+def test_shim_judges_every_creating_subcommand_and_logs_for_containerd(
+    node: Node, tmp_path: Path, sub: str, env: list[str], status: int, start: str
+) -> None:
+    rt = _fake_runtime(tmp_path)
+    node.write_config(f'[runtime]\npath = "{rt}"\n[policy]\nall = "never"\n')
+    bundle = write_bundle(tmp_path / "b", env)
+    log = tmp_path / "log.json"
+    proc = node.run(["--config", str(node.config), "runtime", "--log", str(log), "--log-format",
+                     "json", sub, "--bundle", str(bundle), "c1"])
+    assert proc.returncode == status
+    [line] = proc.stderr.decode().splitlines()
+    assert line.startswith(start)
+    assert not (rt.parent / "argv").exists()
+    [entry] = [json.loads(x) for x in log.read_text().splitlines()]
+    assert (entry["level"], entry["msg"]) == ("error", line)
+    datetime.fromisoformat(entry["time"].replace("Z", "+00:00"))
+
+
+def test_shim_bad_config_is_logged_too(node: Node, tmp_path: Path) -> None:
+    node.config.write_text('[policy]\nmode = "bogus"\n')
+    bundle = write_bundle(tmp_path / "b", ["NVIDIA_VISIBLE_DEVICES=0"])
+    log = tmp_path / "log.json"
+    proc = node.run(["--config", str(node.config), "runtime", "--log", str(log), "--log-format",
+                     "json", "create", "-b", str(bundle), "c"])
+    assert proc.returncode == 4
+    assert json.loads(log.read_text())["msg"] == proc.stderr.decode().strip()
+
+
+CHAINED_RUNTIME = """#!/bin/sh
+printf '%s\\n' "$@" > "$(dirname "$0")/argv"
+cp "$BUNDLE/config.json" "$(dirname "$0")/seen.json"
+echo "to stdout"
+echo "to stderr" >&2
+exit 42
+"""
+
+
+@pytest.mark.parametrize("sub", ["create", "run"])
+def test_chained_nvidia_runtime_gets_the_argv_and_no_second_hook(
+    node: Node, tmp_path: Path, sub: str
+) -> None:
+    """runtime.path = nvidia-container-runtime: it adds NVIDIA's hook itself, so nvhook
+    inserts none; argv, stdio and exit status pass through unchanged (exec)."""
+    rt = tmp_path / "rt" / "nvidia-container-runtime"
+    rt.parent.mkdir()
+    rt.write_text(CHAINED_RUNTIME)
+    rt.chmod(0o755)
+    node.write_config(f'[runtime]\npath = "{rt}"\n[policy]\nmode = "rewrite"\n')
+    bundle = write_bundle(tmp_path / "b", ["NVIDIA_VISIBLE_DEVICES=1"])
+    args = ["--root", "/r", "--log", str(tmp_path / "log.json"), "--log-format", "json", sub,
+            "--bundle", str(bundle), "c1"]
+    proc = node.run(["--config", str(node.config), "runtime", *args],
+                    extra={"BUNDLE": str(bundle)})
+    assert (proc.returncode, proc.stdout, proc.stderr) == (42, b"to stdout\n", b"to stderr\n")
+    assert (rt.parent / "argv").read_text().splitlines() == args
+    doc = json.loads((rt.parent / "seen.json").read_text())
+    assert f"NVIDIA_VISIBLE_DEVICES={fakenvml.GPU1_UUID}" in doc["process"]["env"]
+    assert "hooks" not in doc or not doc["hooks"].get("prestart")
+    assert not (tmp_path / "log.json").exists()

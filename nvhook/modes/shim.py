@@ -1,10 +1,12 @@
 """The runtime shim: ``nvhook runtime [RUNTIME ARGS...]`` stands in for runc.
 
 Docker and containerd have no hooks.d, so nvhook is registered as the runtime
-itself. On ``create`` it judges ``<bundle>/config.json`` *before* the low-level
-runtime reads it, so its env edits reach the container process (a prestart hook
-is too late for that). Then, and for every other subcommand, it execs the real
-runtime with the original argv, untouched.
+itself. On ``create``, ``run`` and ``restore`` (each of them runs the prestart
+hooks) it judges the bundle's spec *before* the low-level runtime reads it, so its
+env edits reach the container process (a prestart hook is too late for that).
+Then, and for every other subcommand, it execs the real runtime with the original
+argv, untouched. A refusal is also appended to the runtime's ``--log``, in runc's
+format, because containerd reports a runtime's error from there.
 
 Returns what to exec; the CLI does it.
 """
@@ -12,12 +14,14 @@ Returns what to exec; the CLI does it.
 from __future__ import annotations
 
 import copy
+import json
 import os
 import shutil
 import sys
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,15 +30,32 @@ from nvhook.config import SAFE_PATH, Config
 from nvhook.decision.decide import Outcome
 from nvhook.decision.evaluate import Evaluation, evaluate
 from nvhook.decision.request import Kind, parse
-from nvhook.errors import DelegateError
+from nvhook.errors import DelegateError, UsageError
 from nvhook.modes.apply import decided_document, may_request_gpu, record
 from nvhook.nvidia import delegate
 from nvhook.oci import spec as spec_mod
 
-# runc's global options that take a value (urfave/cli: "-x v", "--x v", "--x=v").
+# runc's global options (main.go), urfave/cli: "-x v", "--x v", "--x=v"; booleans never
+# take a separate value. The criu global is gone from runc 1.2 but older runcs still take it.
 GLOBAL_VALUE_OPTIONS = frozenset({"root", "log", "log-format", "criu", "rootless"})
-# `runc create` options that take a value.
-CREATE_VALUE_OPTIONS = frozenset({"bundle", "b", "console-socket", "pid-file", "preserve-fds"})
+GLOBAL_BOOL_OPTIONS = frozenset({"debug", "systemd-cgroup", "help", "h", "version", "v"})
+# The subcommands that create a container and run its prestart/createRuntime hooks, with every
+# option their runc source (create.go, run.go, restore.go, up to runc 1.3) declares. An option
+# not listed here is refused on these subcommands: without knowing whether it takes a value,
+# the container id and the bundle could be mistaken (fail closed).
+_CREATE_VALUES = frozenset({"bundle", "b", "config", "console-socket", "pidfd-socket",
+                            "pid-file", "preserve-fds"})
+_CREATE_BOOLS = frozenset({"no-pivot", "no-new-keyring", "help", "h"})
+JUDGED_OPTIONS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
+    "create": (_CREATE_VALUES, _CREATE_BOOLS),
+    "run": (_CREATE_VALUES, _CREATE_BOOLS | {"detach", "d", "keep", "no-subreaper"}),
+    "restore": (
+        _CREATE_VALUES - {"preserve-fds"} | {"image-path", "work-path", "manage-cgroups-mode",
+                                             "empty-ns", "lsm-profile", "lsm-mount-context"},
+        _CREATE_BOOLS | {"detach", "d", "no-subreaper", "tcp-established", "ext-unix-sk",
+                         "shell-job", "file-locks", "auto-dedup", "lazy-pages"},
+    ),
+}
 # A hook with one of these basenames already hands the container to NVIDIA's stack.
 NVIDIA_HOOK_NAMES = frozenset({"nvidia-container-runtime-hook", "nvidia-container-toolkit",
                                "nvhook"})
@@ -48,8 +69,22 @@ class RuntimeCall:
 
     args: tuple[str, ...]
     subcommand: str | None
-    bundle: Path | None = None  # only for create: --bundle, else the cwd
+    bundle: Path | None = None  # only for create/run/restore: --bundle, else the cwd
     container_id: str | None = None
+    log: Path | None = None  # runc's global --log: where the engine reads a runtime's error
+    log_format: str = "text"
+    config: str | None = None  # --config (runc >= 1.3): the spec file, relative to the bundle
+
+    @property
+    def judged(self) -> bool:
+        return self.subcommand in JUDGED_OPTIONS
+
+    @property
+    def spec_path(self) -> Path:
+        assert self.bundle is not None
+        # runc chdirs into the bundle before it opens the spec, so a relative --config is
+        # relative to the bundle.
+        return self.bundle / (self.config or spec_mod.CONFIG_NAME)
 
 
 @dataclass(frozen=True)
@@ -72,30 +107,43 @@ def _option(arg: str) -> tuple[str, str | None] | None:
 
 
 def parse_argv(args: Sequence[str]) -> RuntimeCall:
-    """Find the subcommand word and, for ``create``, its bundle and container id.
+    """Find the subcommand word and, for the judged ones, their bundle and container id.
 
     The subcommand is the first positional argument that is not an option's value,
     so ``runc --root create state`` is ``state`` and ``--bundle create`` is a path.
+    Raises UsageError for an option runc's create/run/restore do not declare.
     """
     args = tuple(args)
+    globals_: dict[str, str] = {}
     i = 0
     while i < len(args):
         opt = _option(args[i])
         if opt is None:
             break
-        if args[i] == "--":
-            return RuntimeCall(args, None)
         name, inline = opt
-        i += 2 if name in GLOBAL_VALUE_OPTIONS and inline is None else 1
+        if (name not in GLOBAL_VALUE_OPTIONS and name not in GLOBAL_BOOL_OPTIONS
+                and any(a in JUDGED_OPTIONS for a in args[i + 1:])):
+            # Whether it takes a value decides which word is the subcommand.
+            raise UsageError(f"runtime: unknown global option {args[i]!r} before a "
+                             "create/run/restore: nvhook cannot tell which word is the "
+                             "subcommand (runc's own options only)")
+        value = inline
+        if name in GLOBAL_VALUE_OPTIONS and inline is None:
+            value = args[i + 1] if i + 1 < len(args) else None
+            i += 1
+        if value is not None:
+            globals_[name] = value  # the last one wins, as with Go's flag package
+        i += 1
     else:
-        return RuntimeCall(args, None)
+        return _call(args, None, globals_)
     if args[i] == "--":
-        return RuntimeCall(args, None)
+        return _call(args, None, globals_)
     subcommand = args[i]
-    if subcommand != "create":
-        return RuntimeCall(args, subcommand)
-    # urfave/cli v1 moves flags given after the id in front of it, so scan them all.
-    bundle: str | None = None
+    if subcommand not in JUDGED_OPTIONS:
+        return _call(args, subcommand, globals_)
+    values, bools = JUDGED_OPTIONS[subcommand]
+    # urfave/cli moves flags given after the id in front of it, so scan them all.
+    found: dict[str, str] = {}
     container_id: str | None = None
     rest = args[i + 1:]
     j = 0
@@ -112,14 +160,74 @@ def parse_argv(args: Sequence[str]) -> RuntimeCall:
             j += 1
             continue
         name, inline = opt
+        if name not in values and name not in bools:
+            raise UsageError(f"runtime {subcommand}: unknown option {arg!r}: nvhook cannot "
+                             "tell the container id and bundle apart (runc's own options "
+                             "only)")
         value = inline
-        if name in CREATE_VALUE_OPTIONS and inline is None:
-            value = rest[j + 1] if j + 1 < len(rest) else None
+        if name in values and inline is None:
+            if j + 1 >= len(rest):
+                raise UsageError(f"runtime {subcommand}: option {arg!r} needs a value")
+            value = rest[j + 1]
             j += 1
-        if name in ("bundle", "b") and value is not None:
-            bundle = value  # the last one wins, as with Go's flag package
+        if value is not None:
+            found["bundle" if name == "b" else name] = value  # the last one wins
         j += 1
-    return RuntimeCall(args, subcommand, Path(bundle) if bundle else Path.cwd(), container_id)
+    bundle = Path(found["bundle"]) if found.get("bundle") else Path.cwd()
+    return _call(args, subcommand, globals_, bundle, container_id, found.get("config") or None)
+
+
+def _call(args: tuple[str, ...], subcommand: str | None, globals_: Mapping[str, str],
+          bundle: Path | None = None, container_id: str | None = None,
+          config: str | None = None) -> RuntimeCall:
+    log = globals_.get("log")
+    return RuntimeCall(args, subcommand, bundle, container_id, Path(log) if log else None,
+                       globals_.get("log-format") or "text", config)
+
+
+def log_failure(args: Sequence[str], line: str, level: str = "error",
+                now: datetime | None = None) -> bool:
+    """Append ``line`` to the runtime log the engine gave (``--log``), in runc's format.
+
+    containerd's shim (and so Docker, ctr and the kubelet) reads a failed runtime's reason
+    from that file, not from stderr: the last ``"level":"error"`` entry of the JSON lines,
+    whose ``time`` must parse as RFC 3339. Text format is logrus' text formatter, as runc
+    writes it. Best effort: -> whether it was written; stderr still carries the line.
+    """
+    try:
+        call = parse_argv(args)
+    except UsageError:
+        call = _globals_only(args)
+    if call.log is None:
+        return False
+    stamp = (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    if call.log_format == "json":
+        entry = json.dumps({"level": level, "msg": line, "time": stamp},
+                           ensure_ascii=True, separators=(",", ":"))
+    else:
+        entry = f"time={json.dumps(stamp)} level={level} msg={json.dumps(line)}"
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(call.log, flags, 0o644)
+    except OSError:
+        return False
+    try:
+        os.write(fd, (entry + "\n").encode("ascii"))
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return True
+
+
+def _globals_only(args: Sequence[str]) -> RuntimeCall:
+    """The global options of an argv whose subcommand part does not parse."""
+    for n in range(len(args), -1, -1):
+        try:
+            return parse_argv(args[:n])
+        except UsageError:
+            continue
+    return RuntimeCall(tuple(args), None)
 
 
 def wants_nvidia_hook(evaluation: Evaluation, doc: Mapping[str, Any], config: Config) -> bool:
@@ -225,8 +333,7 @@ def run(args: Sequence[str], config_option: str | None,
         environ: Mapping[str, str] = os.environ) -> Exec:
     call = parse_argv(args)
     name = runtime_name(config_option, environ)
-    if call.subcommand == "create":
-        assert call.bundle is not None
+    if call.judged:
         name = prepare_create(call, config_option) or name
     path = resolve_runtime(name, environ)
     _refuse_self(path)
@@ -234,10 +341,9 @@ def run(args: Sequence[str], config_option: str | None,
 
 
 def prepare_create(call: RuntimeCall, config_option: str | None) -> str | None:
-    """Judge and edit the bundle. -> the runtime name from the full config, or None
-    when the spec cannot ask for a GPU (the config is then not even parsed)."""
-    assert call.bundle is not None
-    path = call.bundle / spec_mod.CONFIG_NAME
+    """Judge and edit the bundle (create, run, restore). -> the runtime name from the full
+    config, or None when the spec cannot ask for a GPU (the config is then not even parsed)."""
+    path = call.spec_path
     raw = spec_mod.read_bytes(path)
     doc = spec_mod.parse_document(path, raw)
     if not may_request_gpu(doc, config_option):
@@ -245,7 +351,7 @@ def prepare_create(call: RuntimeCall, config_option: str | None) -> str | None:
     config = config_mod.load(config_option)
     spec = spec_mod.from_document(path, doc)
     evaluation = evaluate(spec, config)
-    record(config, evaluation, call.container_id or "", "runtime-create")
+    record(config, evaluation, call.container_id or "", f"runtime-{call.subcommand}")
     new = decided_document(evaluation)
     if wants_nvidia_hook(evaluation, new, config):
         new = with_prestart_hook(new, nvhook_executable(), config)
