@@ -8,13 +8,16 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 
 from nvhook import config as config_mod
 from nvhook.errors import ExitStatus
 from nvhook.exits import guard
+
+if TYPE_CHECKING:
+    from nvhook.ops import install as install_mod
 
 T = TypeVar("T")
 
@@ -214,17 +217,16 @@ def install(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print a diff; write nothing.")
     ] = False,
+    default: Annotated[
+        bool, typer.Option("--default", help="docker, containerd: make nvhook the default "
+                           "runtime; the one it replaces becomes runtime.path.")
+    ] = False,
 ) -> None:
     """Register nvhook with a container engine (backs up and atomically rewrites its files)."""
-    from nvhook.errors import UsageError
     from nvhook.ops import install as install_mod
 
     def go() -> None:
-        try:
-            kind = install_mod.Engine(engine)
-        except ValueError:
-            names = ", ".join(e.value for e in install_mod.Engine)
-            raise UsageError(f"--engine: unknown engine {engine!r} (expected {names})") from None
+        kind = _engine(engine)
         explicit = _config_option(ctx)
         opts = install_mod.Options(
             engine=kind,
@@ -233,25 +235,75 @@ def install(
             hooks_dir=hooks_dir,
             nvidia_config=nvidia_config,
             config_path=Path(explicit) if explicit else None,
+            default=default,
         )
         plan = install_mod.plan(opts)
+        for warning in plan.warnings:
+            print(f"nvhook: warning: {warning}", file=sys.stderr)
         if plan.empty:
             print(f"nothing to do: nvhook is already installed for {kind.value}")
             return
-        if dry_run:
-            sys.stdout.write(install_mod.diff(plan))
-            print(f"dry run: {len(plan.changes)} change(s), nothing written")
+        _render_plan(plan, dry_run, install_mod.apply)
+
+    _guard(go)
+
+
+def _engine(name: str) -> install_mod.Engine:
+    from nvhook.errors import UsageError
+    from nvhook.ops import install as install_mod
+
+    try:
+        return install_mod.Engine(name)
+    except ValueError:
+        names = ", ".join(e.value for e in install_mod.Engine)
+        raise UsageError(f"--engine: unknown engine {name!r} (expected {names})") from None
+
+
+def _render_plan(plan: object, dry_run: bool, apply: Callable[[object], tuple]) -> None:
+    from nvhook.ops import install as install_mod
+
+    assert isinstance(plan, install_mod.Plan)
+    if dry_run:
+        sys.stdout.write(install_mod.diff(plan))
+        print(f"dry run: {len(plan.changes)} change(s), nothing written")
+        return
+    for done in apply(plan):
+        c = done.change
+        if c.action is install_mod.Action.MOVE:
+            print(f"moved {c.path} -> {c.dest} ({c.why})")
+        elif c.action is install_mod.Action.DELETE:
+            print(f"removed {c.path}" + (f" (backup: {done.backup})" if done.backup else ""))
+        elif done.backup is not None:
+            print(f"updated {c.path} (backup: {done.backup})")
+        else:
+            print(f"created {c.path}")
+    for note in plan.notes:
+        print(note)
+
+
+@app.command()
+def uninstall(
+    engine: Annotated[str, typer.Option("--engine", help="podman | crio | sarus | docker | "
+                                        "containerd", show_default=False)],
+    prefix: PrefixOpt = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print a diff; write nothing.")
+    ] = False,
+) -> None:
+    """Undo exactly what `nvhook install` did for an engine, keeping later edits."""
+    from nvhook.ops import uninstall as uninstall_mod
+
+    def go() -> None:
+        kind = _engine(engine)
+        plan = uninstall_mod.plan(kind, prefix.absolute() if prefix else None)
+        if plan.empty:
+            for note in plan.notes:
+                print(note)
+            if not dry_run:
+                uninstall_mod.apply(plan)  # drops a record that has nothing left to undo
+            print(f"nothing to do: nothing of nvhook's install for {kind.value} is left")
             return
-        for done in install_mod.apply(plan):
-            c = done.change
-            if c.action is install_mod.Action.MOVE:
-                print(f"moved {c.path} -> {c.dest} ({c.why})")
-            elif done.backup is not None:
-                print(f"updated {c.path} (backup: {done.backup})")
-            else:
-                print(f"created {c.path}")
-        for note in plan.notes:
-            print(note)
+        _render_plan(plan, dry_run, uninstall_mod.apply)
 
     _guard(go)
 

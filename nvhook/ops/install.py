@@ -5,10 +5,21 @@ after), so ``--dry-run`` is a diff of the plan and a re-run whose plan is empty
 is a provable no-op. ``apply`` backs each existing file up before it replaces it
 atomically. A config file that will not parse is never overwritten: the plan
 fails with the file, line and problem instead.
+
+Every key install sets is also recorded as a ``KeyEdit`` (where, what was there,
+what it wrote), and ``apply`` keeps that record with the bytes before and after in
+``/var/lib/nvhook/install/<engine>.json`` (``STATE_DIR``), so ``nvhook uninstall``
+(``ops.uninstall``) can undo exactly this and nothing else.
+
+Reusable with a host-root prefix (``nvhook node install`` builds on this):
+``plan(Options(engine, nvhook_path, prefix=HOSTROOT, default=...))`` reads and
+plans inside ``HOSTROOT``, ``apply(plan)`` writes there, and every path written
+*into* a file is the one the host will use.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import json
 import os
@@ -45,6 +56,17 @@ DOCKER_CONFIG = Path("/etc/docker/daemon.json")
 CONTAINERD_CONFIG = Path("/etc/containerd/config.toml")
 RUNC_WRAPPER = Path("/usr/local/bin/nvhook-runc")
 RUNTIME_NAME = "nvhook"
+STATE_DIR = Path("/var/lib/nvhook/install")
+# containerd's CRI default runtime when default_runtime_name is unset, and the runtime table it
+# implies when the config has none: removing or shadowing it stops the CRI plugin loading.
+CONTAINERD_DEFAULT_RUNTIME = "runc"
+RUNC_V2 = "io.containerd.runc.v2"
+RUNTIME_CLASS = f"""apiVersion: node.k8s.io/v1
+kind: RuntimeClass
+metadata:
+  name: {RUNTIME_NAME}
+handler: {RUNTIME_NAME}
+"""
 # containerd's CRI runtime table, by config version.
 CONTAINERD_CRI = {
     2: ("plugins", "io.containerd.grpc.v1.cri", "containerd", "runtimes"),
@@ -55,6 +77,37 @@ CONTAINERD_CRI = {
 class Action(StrEnum):
     WRITE = "write"
     MOVE = "move"
+    DELETE = "delete"  # only uninstall: a file install created
+
+
+class Format(StrEnum):
+    JSON = "json"
+    TOML = "toml"
+    OPAQUE = "opaque"  # a whole file nvhook owns (hook JSON, wrapper script)
+
+
+@dataclass(frozen=True)
+class KeyEdit:
+    """One key install set in a JSON/TOML file: enough to undo it and nothing else."""
+
+    keys: tuple[str, ...]
+    existed: bool  # whether the key was there before
+    old: Any  # its value before (when it existed)
+    new: Any  # what install wrote; None for a table install had to create (TABLE)
+    table: bool = False  # a container install created: removed again only while empty
+    # Kept while its table holds anything else: containerd's implied runc, written out, must
+    # stay once other runtimes are listed, or the CRI plugin's default has no handler.
+    needed_by_siblings: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {"keys": list(self.keys), "existed": self.existed, "old": self.old,
+                "new": self.new, "table": self.table,
+                "needed_by_siblings": self.needed_by_siblings}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> KeyEdit:
+        return cls(tuple(d["keys"]), bool(d["existed"]), d.get("old"), d.get("new"),
+                   bool(d.get("table")), bool(d.get("needed_by_siblings")))
 
 
 @dataclass(frozen=True)
@@ -66,6 +119,8 @@ class Change:
     mode: int = 0o644  # WRITE of a new file
     dest: Path | None = None  # MOVE: where the file goes
     why: str = ""
+    fmt: Format = Format.OPAQUE
+    edits: tuple[KeyEdit, ...] = ()  # JSON/TOML: the keys set, for uninstall
 
 
 @dataclass(frozen=True)
@@ -76,6 +131,7 @@ class Options:
     hooks_dir: Path | None = None
     nvidia_config: Path | None = None
     config_path: Path | None = None  # nvhook's own config; None: the prefixed default
+    default: bool = False  # docker/containerd: make nvhook the default runtime
 
 
 @dataclass(frozen=True)
@@ -83,6 +139,8 @@ class Plan:
     engine: Engine
     changes: tuple[Change, ...]
     notes: tuple[str, ...]  # what to do by hand (undo a move, restart a daemon)
+    warnings: tuple[str, ...] = ()  # one line each: something still bypasses nvhook
+    prefix: Path | None = None
 
     @property
     def empty(self) -> bool:
@@ -121,14 +179,26 @@ def plan(opts: Options) -> Plan:
         Engine.PODMAN: _hooks_d,
         Engine.CRIO: _hooks_d,
         Engine.SARUS: _sarus,
-        Engine.DOCKER: _docker,
-        Engine.CONTAINERD: _containerd,
     }
-    changes, notes = planners[opts.engine](opts)
+    warnings: list[str] = []
+    runtime_path: str | None = None
+    if opts.engine is Engine.DOCKER:
+        changes, notes, warnings, runtime_path = _docker(opts)
+    elif opts.engine is Engine.CONTAINERD:
+        changes, notes, warnings, runtime_path = _containerd(opts)
+    else:
+        changes, notes = planners[opts.engine](opts)
+    if opts.default and opts.engine not in (Engine.DOCKER, Engine.CONTAINERD):
+        raise UsageError(f"--default: only for docker and containerd, not {opts.engine}")
     if opts.nvidia_config is not None:
         changes += _nvidia_config(under(opts.prefix, opts.nvidia_config))
-    changes += _own_config(opts.config_path or under(opts.prefix, DEFAULT_PATH))
-    return Plan(opts.engine, tuple(changes), tuple(notes))
+    changes += _own_config(opts.config_path or under(opts.prefix, DEFAULT_PATH), runtime_path)
+    return Plan(opts.engine, tuple(changes), tuple(notes), tuple(warnings), opts.prefix)
+
+
+def state_path(engine: Engine | str, prefix: Path | None = None) -> Path:
+    """Where install records what it did for ``engine`` (read by uninstall)."""
+    return under(prefix, STATE_DIR) / f"{Engine(engine).value}.json"
 
 
 def hook_document(nvhook_path: Path) -> dict[str, Any]:
@@ -150,11 +220,43 @@ def _json_bytes(doc: Any, indent: int) -> bytes:
     return (json.dumps(doc, indent=indent) + "\n").encode("utf-8")
 
 
-def _write(path: Path, after: bytes, why: str, mode: int = 0o644) -> list[Change]:
+def _write(path: Path, after: bytes, why: str, mode: int = 0o644, fmt: Format = Format.OPAQUE,
+           edits: tuple[KeyEdit, ...] = ()) -> list[Change]:
     before = fileops.read_optional(path)
     if before == after:
         return []
-    return [Change(Action.WRITE, path, before, after, mode=mode, why=why)]
+    return [Change(Action.WRITE, path, before, after, mode=mode, why=why, fmt=fmt, edits=edits)]
+
+
+def _plain(value: Any) -> Any:
+    """A tomlkit item as plain Python (dicts, lists, str, int...), for comparing and JSON."""
+    if hasattr(value, "unwrap"):
+        return value.unwrap()
+    return value
+
+
+def set_key(doc: Any, keys: tuple[str, ...], value: Any, path: Path,
+            make_table: Callable[[], Any] = dict) -> list[KeyEdit]:
+    """Set ``keys`` to ``value`` in a JSON dict or tomlkit document, creating the tables on
+    the way with ``make_table``; -> what was done, as KeyEdits (nothing when already so)."""
+    edits: list[KeyEdit] = []
+    table = doc
+    for i, key in enumerate(keys[:-1]):
+        if key not in table:
+            table[key] = make_table()
+            edits.append(KeyEdit(keys[: i + 1], False, None, None, table=True))
+        table = table[key]
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: {'.'.join(keys[: i + 1])}: expected a table; "
+                              "left unchanged")
+    last = keys[-1]
+    existed = last in table
+    old = _plain(table[last]) if existed else None
+    if existed and old == _plain(value):
+        return edits
+    table[last] = value
+    edits.append(KeyEdit(keys, existed, old, _plain(value)))
+    return edits
 
 
 def _hooks_d(opts: Options) -> tuple[list[Change], list[str]]:
@@ -233,33 +335,75 @@ def _existing_ancestors(directory: Path, stop: Path | None) -> list[Path]:
         d = d.parent
 
 
-def _docker(opts: Options) -> tuple[list[Change], list[str]]:
+def _parse_json_object(path: Path, before: bytes | None) -> dict[str, Any]:
+    if before is None or not before.strip():
+        return {}
+    try:
+        doc = json.loads(before.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 at byte {e.start}; left unchanged") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(
+            f"{path}:{e.lineno}:{e.colno}: invalid JSON: {e.msg}; left unchanged"
+        ) from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}:1: expected a JSON object; left unchanged")
+    return doc
+
+
+def docker_default(doc: dict[str, Any]) -> str:
+    """The runtime Docker uses when ``docker run`` names none (dockerd: runc)."""
+    value = doc.get("default-runtime")
+    return value if isinstance(value, str) and value else "runc"
+
+
+def _chain_target(name: str, binary: object, args: object) -> tuple[str | None, list[str]]:
+    """The runtime nvhook must exec once it replaces ``name`` as the default.
+    -> (runtime.path or None for "keep runc"), warnings."""
+    if name == "runc" or name == RUNTIME_NAME:
+        return None, []
+    if not isinstance(binary, str) or not binary:
+        return None, [f"the default runtime {name!r} has no path nvhook can exec; "
+                      "runtime.path stays as it is"]
+    warnings = []
+    if args:
+        warnings.append(f"the default runtime {name!r} has arguments {args!r} that "
+                        "runtime.path cannot carry; wrap them in a script")
+    return binary, warnings
+
+
+def _docker(opts: Options) -> tuple[list[Change], list[str], list[str], str | None]:
     path = under(opts.prefix, DOCKER_CONFIG)
     before = fileops.read_optional(path)
-    doc: dict[str, Any] = {}
-    if before is not None and before.strip():
-        try:
-            doc = json.loads(before.decode("utf-8"))
-        except UnicodeDecodeError as e:
-            raise ConfigError(f"{path}: not UTF-8 at byte {e.start}; left unchanged") from None
-        except json.JSONDecodeError as e:
-            raise ConfigError(
-                f"{path}:{e.lineno}:{e.colno}: invalid JSON: {e.msg}; left unchanged"
-            ) from None
-        if not isinstance(doc, dict):
-            raise ConfigError(f"{path}:1: expected a JSON object; left unchanged")
+    doc = _parse_json_object(path, before)
     runtimes = doc.get("runtimes", {})
     if not isinstance(runtimes, dict):
         raise ConfigError(f"{path}: runtimes: expected an object; left unchanged")
     wanted = {"path": str(opts.nvhook_path), "runtimeArgs": ["runtime"]}
-    notes = [f"restart dockerd, then: docker run --runtime={RUNTIME_NAME} ..."]
-    if runtimes.get(RUNTIME_NAME) == wanted:
-        return [], notes
-    doc["runtimes"] = {**runtimes, RUNTIME_NAME: wanted}
-    return _write(path, _json_bytes(doc, 4), "Docker runtime entry for nvhook"), notes
+    edits = set_key(doc, ("runtimes", RUNTIME_NAME), wanted, path)
+    previous = docker_default(doc)
+    warnings: list[str] = []
+    runtime_path = None
+    if opts.default:
+        entry = runtimes.get(previous) if isinstance(runtimes.get(previous), dict) else {}
+        runtime_path, warnings = _chain_target(previous, entry.get("path"),
+                                               entry.get("runtimeArgs"))
+        edits += set_key(doc, ("default-runtime",), RUNTIME_NAME, path)
+        notes = ["restart dockerd; every `docker run` now goes through nvhook"
+                 + (f", then {runtime_path}" if runtime_path else "")]
+    else:
+        notes = [f"restart dockerd, then: docker run --runtime={RUNTIME_NAME} ..."]
+        if previous != RUNTIME_NAME:
+            warnings.append(f"{path}: the default runtime is {previous!r}: containers "
+                            f"without --runtime={RUNTIME_NAME} bypass nvhook (--default "
+                            "makes nvhook the default)")
+    if not edits:
+        return [], notes, warnings, runtime_path
+    return (_write(path, _json_bytes(doc, 4), "Docker runtime entry for nvhook",
+                   fmt=Format.JSON, edits=tuple(edits)), notes, warnings, runtime_path)
 
 
-def _parse_toml(path: Path, data: bytes) -> Any:
+def parse_toml(path: Path, data: bytes) -> Any:
     import tomlkit
     from tomlkit.exceptions import ParseError
 
@@ -277,29 +421,7 @@ def _parse_toml(path: Path, data: bytes) -> Any:
         ) from None
 
 
-def _table_at(doc: Any, keys: tuple[str, ...], path: Path) -> Any:
-    """The table at ``keys``, created as header-less super tables where missing."""
-    import tomlkit
-
-    table = doc
-    for i, key in enumerate(keys):
-        if key not in table:
-            table[key] = tomlkit.table(is_super_table=True)
-        table = table[key]
-        if not isinstance(table, dict):
-            where = ".".join(keys[: i + 1])
-            raise ConfigError(f"{path}: {where}: expected a table; left unchanged")
-    return table
-
-
-def _set(table: Any, key: str, value: Any) -> None:
-    """Assign only when different, so a re-run re-renders nothing."""
-    current = table.get(key)
-    if (current.unwrap() if hasattr(current, "unwrap") else current) != value:
-        table[key] = value
-
-
-def _containerd(opts: Options) -> tuple[list[Change], list[str]]:
+def _containerd(opts: Options) -> tuple[list[Change], list[str], list[str], str | None]:
     import tomlkit
 
     path = under(opts.prefix, CONTAINERD_CONFIG)
@@ -308,76 +430,205 @@ def _containerd(opts: Options) -> tuple[list[Change], list[str]]:
     changes = _write(wrapper, wrapper_text.encode(), "containerd's BinaryName: one executable",
                      mode=0o755)
     before = fileops.read_optional(path)
-    doc = _parse_toml(path, before) if before is not None else tomlkit.document()
+    doc = parse_toml(path, before) if before is not None else tomlkit.document()
+    edits: list[KeyEdit] = []
     if "version" not in doc and not doc:
-        doc.add("version", 2)
+        edits += set_key(doc, ("version",), 2, path)
     version = doc.get("version")
     if version not in CONTAINERD_CRI:
         raise ConfigError(
             f"{path}: version = {version!r}: only containerd config versions 2 and 3 are "
             "supported (run `containerd config migrate`); left unchanged"
         )
-    runtimes = _table_at(doc, CONTAINERD_CRI[version], path)
-    if RUNTIME_NAME not in runtimes:
-        runtimes[RUNTIME_NAME] = tomlkit.table()
-    entry = runtimes[RUNTIME_NAME]
-    _set(entry, "runtime_type", "io.containerd.runc.v2")
-    if "options" not in entry:
-        options = tomlkit.table()
-        options.add("BinaryName", str(RUNC_WRAPPER))
-        options.add(tomlkit.nl())
-        entry["options"] = options
-    _set(entry["options"], "BinaryName", str(RUNC_WRAPPER))
-    after = tomlkit.dumps(doc).encode("utf-8")
-    if before is None or after != before:
-        changes += _write(path, after, "containerd runtime entry for nvhook")
-    return changes, ["restart containerd; select the runtime with runtimeClassName / "
-                     f"--runtime {RUNTIME_NAME}"]
+    cri = CONTAINERD_CRI[version]
+    super_table = lambda: tomlkit.table(is_super_table=True)  # noqa: E731
+    containerd_table = doc
+    for key in cri[:-1]:
+        containerd_table = containerd_table.get(key, {}) if isinstance(containerd_table,
+                                                                        dict) else {}
+    previous = containerd_table.get("default_runtime_name") if isinstance(
+        containerd_table, dict) else None
+    previous = _plain(previous) or CONTAINERD_DEFAULT_RUNTIME
+    runtimes_now = containerd_table.get("runtimes", {}) if isinstance(containerd_table,
+                                                                       dict) else {}
+    if previous not in runtimes_now and previous != RUNTIME_NAME:
+        if previous != CONTAINERD_DEFAULT_RUNTIME:
+            raise ConfigError(f"{path}: default_runtime_name = {previous!r} has no runtime "
+                              "table: containerd's CRI plugin would not load; left unchanged")
+        # Implied by containerd's defaults: a runtimes table that lacks it would take it away.
+        runc = tomlkit.table()
+        runc.add("runtime_type", RUNC_V2)
+        edits += [dataclasses.replace(e, needed_by_siblings=not e.table) for e in
+                  set_key(doc, (*cri, CONTAINERD_DEFAULT_RUNTIME), runc, path, super_table)]
+    entry = tomlkit.table()
+    entry.add("runtime_type", RUNC_V2)
+    options = tomlkit.table()
+    options.add("BinaryName", str(RUNC_WRAPPER))
+    entry.add("options", options)
+    current = runtimes_now.get(RUNTIME_NAME) if isinstance(runtimes_now, dict) else None
+    if current is None:
+        edits += set_key(doc, (*cri, RUNTIME_NAME), entry, path, super_table)
+    else:  # keep the user's other keys in an existing entry
+        edits += set_key(doc, (*cri, RUNTIME_NAME, "runtime_type"), RUNC_V2, path, super_table)
+        edits += set_key(doc, (*cri, RUNTIME_NAME, "options", "BinaryName"), str(RUNC_WRAPPER),
+                         path, tomlkit.table)
+    warnings: list[str] = []
+    runtime_path = None
+    notes = ["restart containerd"]
+    if opts.default:
+        prev_entry = runtimes_now.get(previous) if isinstance(runtimes_now, dict) else None
+        prev_options = _plain(prev_entry.get("options", {})) if isinstance(prev_entry,
+                                                                           dict) else {}
+        binary = prev_options.get("BinaryName") if isinstance(prev_options, dict) else None
+        runtime_path, warnings = (None, []) if previous == RUNTIME_NAME else (
+            _chain_target(previous, binary or "runc", None))
+        if binary in (None, "", "runc"):
+            runtime_path = None
+        edits += set_key(doc, (*cri[:-1], "default_runtime_name"), RUNTIME_NAME, path,
+                         super_table)
+        notes.append("every CRI container now goes through nvhook"
+                     + (f", then {runtime_path}" if runtime_path else ""))
+    else:
+        notes.append("select it on Kubernetes with runtimeClassName: "
+                     f"{RUNTIME_NAME} and this RuntimeClass:\n{RUNTIME_CLASS.rstrip()}")
+        notes.append(f"or: ctr run --runtime {RUNC_V2} --runc-binary {RUNC_WRAPPER} ...")
+        if previous != RUNTIME_NAME:
+            warnings.append(f"{path}: the default runtime is {previous!r}: pods without "
+                            f"runtimeClassName: {RUNTIME_NAME} bypass nvhook (--default makes "
+                            "nvhook the default)")
+    if edits:
+        changes += _write(path, tomlkit.dumps(doc).encode("utf-8"),
+                          "containerd runtime entry for nvhook", fmt=Format.TOML,
+                          edits=tuple(edits))
+    return changes, notes, warnings, runtime_path
 
 
 def _nvidia_config(path: Path) -> list[Change]:
     before = fileops.read_optional(path)
     if before is None:
         raise ConfigError(f"{path}: NVIDIA's config.toml not found (--nvidia-config)")
-    doc = _parse_toml(path, before)
+    doc = parse_toml(path, before)
     import tomlkit
 
+    edits: list[KeyEdit] = []
     for table_name, key, value in (
         ("nvidia-container-runtime-hook", "skip-mode-detection", True),
         ("nvidia-container-runtime", "mode", "legacy"),
     ):
-        if table_name not in doc:
-            doc[table_name] = tomlkit.table()
-        _set(doc[table_name], key, value)
+        edits += set_key(doc, (table_name, key), value, path, tomlkit.table)
+    if not edits:
+        return []
     return _write(path, tomlkit.dumps(doc).encode("utf-8"),
-                  "NVIDIA's legacy hook must run when delegated (toolkit >= 1.18)")
+                  "NVIDIA's legacy hook must run when delegated (toolkit >= 1.18)",
+                  fmt=Format.TOML, edits=tuple(edits))
 
 
-def _own_config(path: Path) -> list[Change]:
-    if path.exists():
-        return []  # the user's file: install never edits it (that is `nvhook config set`)
+def _own_config(path: Path, runtime_path: str | None = None) -> list[Change]:
+    """nvhook's config: written from the defaults when missing; otherwise only
+    ``runtime.path`` is set, when ``--default`` chains to the runtime it replaced."""
+    import tomlkit
+
     from nvhook.ops.config_edit import default_text
 
-    return _write(path, default_text().encode("utf-8"), "nvhook's default config")
+    before = fileops.read_optional(path)
+    if before is None:
+        doc = tomlkit.parse(default_text())
+        if runtime_path is not None:
+            set_key(doc, ("runtime", "path"), runtime_path, path, tomlkit.table)
+        return _write(path, tomlkit.dumps(doc).encode("utf-8"), "nvhook's default config")
+    if runtime_path is None:
+        return []  # the user's file: install never edits it otherwise (`nvhook config set`)
+    doc = parse_toml(path, before)
+    edits = set_key(doc, ("runtime", "path"), runtime_path, path, tomlkit.table)
+    if not edits:
+        return []
+    return _write(path, tomlkit.dumps(doc).encode("utf-8"),
+                  f"nvhook execs the runtime it replaced as the default ({runtime_path})",
+                  fmt=Format.TOML, edits=tuple(edits))
 
 
 # -- applying and rendering -------------------------------------------------------------
 
 
 def apply(p: Plan, stamp: str | None = None) -> tuple[Applied, ...]:
+    """Back up and apply every change, then record them for uninstall (install only)."""
+    done = apply_changes(p.changes, stamp)
+    if done:
+        record_state(p)
+    return done
+
+
+def apply_changes(changes: tuple[Change, ...], stamp: str | None = None) -> tuple[Applied, ...]:
     stamp = stamp or fileops.utc_stamp()
     done = []
-    for change in p.changes:
+    for change in changes:
         if change.action is Action.MOVE:
             assert change.dest is not None
             fileops.rename(change.path, change.dest)  # the moved file is its own backup
             done.append(Applied(change, None))
             continue
         saved = fileops.backup(change.path, stamp) if change.before is not None else None
-        assert change.after is not None
-        fileops.write_atomic(change.path, change.after, change.mode)
+        if change.action is Action.DELETE:
+            try:
+                change.path.unlink()
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                raise WriteError(f"{change.path}: cannot remove: {e.strerror}") from None
+        else:
+            assert change.after is not None
+            fileops.write_atomic(change.path, change.after, change.mode)
         done.append(Applied(change, saved))
     return tuple(done)
+
+
+def _b64(data: bytes | None) -> str | None:
+    import base64
+
+    return None if data is None else base64.b64encode(data).decode("ascii")
+
+
+def record_state(p: Plan) -> Path:
+    """Merge this plan into the engine's install record. A file's first ``before`` and
+    each key's first ``old`` are kept, so uninstall goes back to before the first install."""
+    path = state_path(p.engine, p.prefix)
+    state = read_state(path) or {"engine": p.engine.value, "files": [], "moves": []}
+    files = {f["path"]: f for f in state["files"]}
+    for c in p.changes:
+        if c.action is Action.MOVE:
+            state["moves"].append({"src": str(c.path), "dest": str(c.dest)})
+            continue
+        entry = files.get(str(c.path))
+        if entry is None:
+            entry = files[str(c.path)] = {"path": str(c.path), "before": _b64(c.before),
+                                          "fmt": c.fmt.value, "mode": c.mode, "edits": []}
+        entry["after"] = _b64(c.after)
+        known = {tuple(e["keys"]) for e in entry["edits"]}
+        for e in c.edits:
+            if e.keys not in known:
+                entry["edits"].append(e.to_json())
+            else:  # set again: keep the first old value, take the new one
+                for old in entry["edits"]:
+                    if tuple(old["keys"]) == e.keys and not old.get("table"):
+                        old["new"] = e.new
+    state["files"] = list(files.values())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fileops.write_atomic(path, _json_bytes(state, 2), 0o600)
+    return path
+
+
+def read_state(path: Path) -> dict[str, Any] | None:
+    data = fileops.read_optional(path)
+    if data is None:
+        return None
+    try:
+        state = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{path}: install record is not JSON ({e}); left unchanged") from None
+    if not isinstance(state, dict) or not isinstance(state.get("files"), list):
+        raise ConfigError(f"{path}: not an nvhook install record; left unchanged")
+    state.setdefault("moves", [])
+    return state
 
 
 def diff(p: Plan) -> str:
@@ -386,6 +637,8 @@ def diff(p: Plan) -> str:
         if change.action is Action.MOVE:
             out.append(f"rename {change.path} -> {change.dest}\n")
             continue
+        if change.action is Action.DELETE:
+            out.append(f"delete {change.path}\n")
         old = (change.before or b"").decode("utf-8", "replace").splitlines(keepends=True)
         new = (change.after or b"").decode("utf-8", "replace").splitlines(keepends=True)
         src = str(change.path) if change.before is not None else "/dev/null"
