@@ -3,6 +3,8 @@
 #
 #   required: runc            the OCI runtime the tests drive directly
 #             busybox-static  a static /bin/busybox, copied into the test containers' rootfs
+#             docker.io       dockerd 20.10 for tests/e2e/test_docker.py (started on a private socket)
+#             containerd      containerd 1.6 + ctr for tests/e2e/test_containerd.py
 #   optional: podman          the hooks.d tests skip without it; failing to install it is a warning
 #             strace          tests/test_isolation.py traces nvhook's opens; skips without it
 #
@@ -19,6 +21,8 @@ have_runc() { command -v runc >/dev/null 2>&1; }
 # be told from a dynamic one by a cheap test, so also ask dpkg's database (a file test, no fork).
 have_busybox_static() { [[ -x /bin/busybox && -e /var/lib/dpkg/info/busybox-static.list ]]; }
 have_podman() { command -v podman >/dev/null 2>&1; }
+have_dockerd() { command -v dockerd >/dev/null 2>&1 && [[ -x /usr/bin/docker ]]; }
+have_containerd() { command -v containerd >/dev/null 2>&1 && command -v ctr >/dev/null 2>&1; }
 have_strace() { command -v strace >/dev/null 2>&1; }
 
 have() {
@@ -26,12 +30,14 @@ have() {
         runc) have_runc ;;
         busybox-static) have_busybox_static ;;
         podman) have_podman ;;
+        docker.io) have_dockerd ;;
+        containerd) have_containerd ;;
         *) return 1 ;;
     esac
 }
 
 missing=()
-for pkg in runc busybox-static; do
+for pkg in runc busybox-static docker.io containerd; do
     have "$pkg" || missing+=("$pkg")
 done
 want_podman=0
