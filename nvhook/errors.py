@@ -25,6 +25,24 @@ class ExitStatus(IntEnum):
     DOCTOR = 10  # `nvhook doctor` found a failing check
 
 
+EXIT_MEANINGS: dict[ExitStatus, str] = {
+    ExitStatus.OK: "allowed, rewritten, nothing asked for, or the command succeeded",
+    ExitStatus.INTERNAL: "a bug in nvhook (still one line, never a traceback); the container "
+                         "is refused",
+    ExitStatus.USAGE: "bad command line: unknown command or option, a missing option or value",
+    ExitStatus.DENIED: "the policy refused the container's GPU request",
+    ExitStatus.CONFIG: "nvhook's own config file is missing (when named), unreadable, too "
+                       "large or invalid",
+    ExitStatus.STATE: "the OCI state on stdin is missing, too large or invalid",
+    ExitStatus.SPEC: "the bundle or its config.json is missing or invalid",
+    ExitStatus.INVENTORY: "the GPU inventory (NVML, or an inventory file) could not be read",
+    ExitStatus.DELEGATE: "NVIDIA's hook (or the low-level runtime) could not be run",
+    ExitStatus.WRITE: "a file nvhook rewrites could not be written",
+    ExitStatus.DOCTOR: "nvhook doctor found a failing check",
+}
+"""What each status means, for ``--help``'s man page and ``docs/exit-codes.md``."""
+
+
 class NvhookError(Exception):
     """A failure with a one-line, user-facing message (what, where, why)."""
 

@@ -90,96 +90,55 @@ def _utf8(path: Path, data: bytes) -> str:
 
 
 def default_text() -> str:
-    """nvhook's config with every key at its default, each commented with what it does."""
+    """nvhook's config with every key at its default, each commented with what it does.
+
+    Generated from ``config_schema.KEYS``, the same table the docs and man page come from.
+    """
+    import textwrap
+
     import tomlkit
 
-    from nvhook.decision.policy import Policy
+    from nvhook import config_schema as schema
 
-    p = Policy()
-    c = config_mod.Config()
     doc = tomlkit.document()
-    doc.add(tomlkit.comment("nvhook's config (README: Configuration). Every value here is the"))
-    doc.add(tomlkit.comment("built-in default; edit with `nvhook config set KEY VALUE`."))
-    doc.add("version", 1)
+    doc.add(tomlkit.comment("nvhook's config (nvhook.toml(5), docs/configuration.md). Every"))
+    doc.add(tomlkit.comment("value here is the built-in default; edit with"))
+    doc.add(tomlkit.comment("`nvhook config set KEY VALUE`."))
+    for key in schema.KEYS:
+        if key.table == "":
+            doc.add(key.name, tomlkit.item(key.default))
     doc.add(tomlkit.nl())
-
-    policy = tomlkit.table()
-    _key(policy, "mode", p.mode.value,
-         '"enforce": deny a request that breaks any rule; "rewrite": drop what breaks a rule',
-         'and keep the rest ("void" when nothing is left); "audit": let it through, record it')
-    _key(policy, "all", p.all.value,
-         'who may have every GPU (explicit or legacy implicit all): "never" | "privileged" |',
-         '"always"')
-    _key(policy, "indices", p.indices.value,
-         '"deny": only UUIDs; index, g:m and PCI ids are violations')
-    _key(policy, "unprivileged-env", p.unprivileged_env.value,
-         'the env channel of unprivileged containers: "accept" | "ignore" | "deny"')
-    _key(policy, "volume-mounts", p.volume_mounts.value,
-         'device volume mounts: "accept" | "ignore" | "deny"')
-    _key(policy, "cdi-annotations", p.cdi_annotations.value,
-         'cdi.k8s.io/* annotations: "accept" | "ignore" | "deny"')
-    _key(policy, "allow", list(p.allow),
-         "GPU-/MIG- UUIDs that may be granted; empty = any live device")
-    _key(policy, "deny", list(p.deny), "UUIDs never granted")
-    _key(policy, "driver-capabilities", list(p.driver_capabilities),
-         "NVIDIA_DRIVER_CAPABILITIES a container may ask for")
-    _key(policy, "mig-config", p.mig_config.value,
-         'NVIDIA_MIG_CONFIG_DEVICES / _MONITOR_DEVICES: "never" | "privileged"')
-    _key(policy, "device-nodes", p.device_nodes.value,
-         '"deny": /dev/nvidiaN in linux.devices is refused (cannot be rewritten)')
-    for line in (
-        "Per-container overrides: the first rule whose (anchored) annotation regexes all match",
-        "wins. Example:",
-        "[[policy.rules]]",
-        'name = "batch"',
-        'match.annotations = { "io.kubernetes.pod.namespace" = "batch-.*" }',
-        'mode = "rewrite"',
-        'allow = ["GPU-5a6e2b1c-8d3f-4e7a-9b0c-1d2e3f4a5b6c"]',
-    ):
-        policy.add(tomlkit.comment(line))
-    policy.add(tomlkit.nl())
-    doc.add("policy", policy)
-
-    inventory = tomlkit.table()
-    _key(inventory, "source", c.inventory.source.value,
-         '"nvml" | "file"; with "file", set file = "/etc/nvhook/inventory.json"')
-    _key(inventory, "timeout", c.inventory.timeout, "seconds for NVML init + enumeration")
-    inventory.add(tomlkit.nl())
-    doc.add("inventory", inventory)
-
-    delegate = tomlkit.table()
-    delegate.add(tomlkit.comment("NVIDIA's hook, exec'd after allow/rewrite."))
-    delegate.add(tomlkit.comment("path: unset = look up nvidia-container-runtime-hook, then"))
-    delegate.add(tomlkit.comment('nvidia-container-toolkit, on a fixed safe PATH; "" = policy'))
-    delegate.add(tomlkit.comment('only: exit 0 and let a separately registered NVIDIA hook run'))
-    delegate.add(tomlkit.comment('next.'))
-    _key(delegate, "args", list(c.delegate.args),
-         'e.g. ["-config=/etc/nvidia-container-runtime/config.toml", "prestart"]')
-    _key(delegate, "env", list(c.delegate.env), "the delegate's whole env; nothing else reaches it")
-    delegate.add(tomlkit.nl())
-    doc.add("delegate", delegate)
-
-    audit = tomlkit.table()
-    _key(audit, "path", c.audit_path, 'one JSON line per GPU decision; "" turns the log off')
-    audit.add(tomlkit.nl())
-    doc.add("audit", audit)
-
-    runtime = tomlkit.table()
-    _key(runtime, "path", c.runtime_path,
-         "the low-level runtime the Docker/containerd shim execs (name or absolute path)")
-    runtime.add(tomlkit.nl())
-    doc.add("runtime", runtime)
-
-    request = tomlkit.table()
-    _key(request, "swarm-resource", list(c.swarm_resource),
-         "NVIDIA's swarm-resource: env names read instead of NVIDIA_VISIBLE_DEVICES")
-    doc.add("request", request)
+    names = [t for t in schema.tables() if t and not t.endswith("[]")]
+    for n, name in enumerate(names):
+        table = tomlkit.table()
+        table.add(tomlkit.comment(schema.TABLES.get(name, name)))
+        for key in schema.KEYS:
+            if key.table != name:
+                continue
+            text = key.meaning
+            if key.allowed:
+                text += ". One of: " + " | ".join(f'"{a}"' for a in key.allowed)
+            for line in textwrap.wrap(text, 84):
+                table.add(tomlkit.comment(line))
+            if key.type == "array of tables":
+                for line in _rules_example(schema):
+                    table.add(tomlkit.comment(line))
+            elif key.default is None:
+                table.add(tomlkit.comment(f"unset: {key.unset}"))
+                table.add(tomlkit.comment(f"{key.name} = {key.example}"))
+            else:
+                table.add(key.name, tomlkit.item(key.default))
+        if n < len(names) - 1:
+            table.add(tomlkit.nl())
+        doc.add(name, table)
     return tomlkit.dumps(doc)
 
 
-def _key(table: Any, key: str, value: Any, *comment: str) -> None:
-    import tomlkit
-
-    for line in comment:
-        table.add(tomlkit.comment(line))
-    table.add(key, tomlkit.item(value))
+def _rules_example(schema: Any) -> list[str]:
+    examples = {k.name: k.example for k in schema.KEYS if k.table == "policy.rules[]"}
+    return [
+        "[[policy.rules]]",
+        *(f"{name} = {example}" for name, example in examples.items()),
+        'mode = "rewrite"',
+        'allow = ["GPU-5a6e2b1c-8d3f-4e7a-9b0c-1d2e3f4a5b6c"]',
+    ]

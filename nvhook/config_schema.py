@@ -1,0 +1,142 @@
+"""Every key of nvhook's config file, in one table: the single source for its docs.
+
+``KEYS`` lists each key with its table, name, TOML type, default, allowed values and a
+one-line meaning. Generated from it (so they cannot drift):
+- the commented default file ``nvhook install`` writes (``ops.config_edit.default_text``);
+- ``config set``'s "unknown key" message (``ops.config_edit``);
+- ``docs/configuration.md`` and the ``nvhook.toml(5)`` man page (``ops.manpages``).
+
+**Adding a key to the reader (``config.py``)?** Add a ``Key(...)`` here too, in the table's
+block. ``tests/test_config_schema.py`` fails until you do: it records every key set
+``config._Reader.only`` is handed (one table at a time) and compares it with this table,
+parses a file made of every key's default/example, checks the defaults against
+``config.Config()``, and checks that the committed ``docs/configuration.md`` and man pages are
+what ``scripts/gen-docs`` writes now (run it after editing this file). A new top-level table
+gets a ``TABLES`` entry as well. Keep this module cheap to import: the hook reads config for
+every container that asks for a GPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from nvhook.decision import policy as p
+from nvhook.decision.request import ALL_DRIVER_CAPABILITIES
+from nvhook.nvidia.delegate import SAFE_PATH
+
+TRUST = tuple(t.value for t in p.Trust)
+
+
+@dataclass(frozen=True)
+class Key:
+    table: str  # "" for top-level keys; "policy.rules[]" for per-rule keys
+    name: str
+    type: str  # in TOML's words: string, integer, float, boolean, array of strings, ...
+    default: Any  # a TOML-representable value; None: unset by default (see ``unset``)
+    meaning: str  # one line
+    allowed: tuple[str, ...] = ()  # the only values a string (or its array items) may take
+    unset: str = ""  # what an unset key means, when ``default`` is None
+    example: str = ""  # a TOML value (as text) for a key with no default
+
+    @property
+    def dotted(self) -> str:
+        return f"{self.table}.{self.name}" if self.table else self.name
+
+
+def _values(kind: type[StrEnum]) -> tuple[str, ...]:
+    return tuple(v.value for v in kind)
+
+
+TABLES: dict[str, str] = {
+    "": "top-level keys",
+    "policy": "what a container may ask for, and what happens when it breaks a rule",
+    "policy.rules[]": "per-container overrides: the first rule whose annotation regexes all "
+                      "match (anchored) wins; it may set any [policy] key except rules",
+    "inventory": "where nvhook learns which GPUs exist",
+    "delegate": "NVIDIA's hook, exec'd after allow/rewrite",
+    "audit": "the audit log",
+    "runtime": "the runtime shim (Docker, containerd)",
+    "request": "how a request is read, as NVIDIA's hook reads it",
+}
+
+P = p.Policy()
+
+KEYS: tuple[Key, ...] = (
+    Key("", "version", "integer", 1, "the config format version; only 1 exists"),
+    # -- [policy] -------------------------------------------------------------
+    Key("policy", "mode", "string", P.mode.value,
+        "enforce: deny a request that breaks any rule; rewrite: drop what breaks a rule and "
+        "keep the rest (void when nothing is left); audit: let it through, record it",
+        _values(p.Mode)),
+    Key("policy", "all", "string", P.all.value,
+        "who may have every GPU (an explicit or the legacy implicit all)", _values(p.AllRule)),
+    Key("policy", "indices", "string", P.indices.value,
+        "deny: only UUIDs may be asked for; index, g:m and PCI ids are violations",
+        _values(p.Indices)),
+    Key("policy", "unprivileged-env", "string", P.unprivileged_env.value,
+        "the env channel (NVIDIA_VISIBLE_DEVICES) of unprivileged containers; ignore drops it "
+        "and says so in the decision's reasons", TRUST),
+    Key("policy", "volume-mounts", "string", P.volume_mounts.value,
+        "the device volume-mount channel (/var/run/nvidia-container-devices/...)", TRUST),
+    Key("policy", "cdi-annotations", "string", P.cdi_annotations.value,
+        "the cdi.k8s.io/* annotation channel", TRUST),
+    Key("policy", "allow", "array of strings", list(P.allow),
+        "GPU-/MIG- UUIDs that may be granted; empty: any live device"),
+    Key("policy", "deny", "array of strings", list(P.deny), "GPU-/MIG- UUIDs never granted"),
+    Key("policy", "driver-capabilities", "array of strings", list(P.driver_capabilities),
+        "the NVIDIA_DRIVER_CAPABILITIES a container may ask for", ALL_DRIVER_CAPABILITIES),
+    Key("policy", "mig-config", "string", P.mig_config.value,
+        "who may ask for NVIDIA_MIG_CONFIG_DEVICES / NVIDIA_MIG_MONITOR_DEVICES",
+        _values(p.MigConfig)),
+    Key("policy", "device-nodes", "string", P.device_nodes.value,
+        "deny: a /dev/nvidiaN already in the spec's linux.devices is refused (it cannot be "
+        "rewritten)", _values(p.DeviceNodes)),
+    Key("policy", "rules", "array of tables", [],
+        "per-container overrides ([[policy.rules]]), see below"),
+    # -- [[policy.rules]] -------------------------------------------------------
+    Key("policy.rules[]", "name", "string", None, "the rule's name, shown in decisions",
+        unset="rules[N], N its position", example='"batch"'),
+    Key("policy.rules[]", "match.annotations", "table of strings", None,
+        "annotation name -> regex; all must match the whole value",
+        unset="required", example='{ "io.kubernetes.pod.namespace" = "batch-.*" }'),
+    # -- [inventory] ------------------------------------------------------------
+    Key("inventory", "source", "string", "nvml",
+        "nvml: ask the driver; file: read the JSON inventory at inventory.file",
+        ("nvml", "file")),
+    Key("inventory", "file", "string", None, "a JSON inventory file (see nvhook devices --json)",
+        unset="none; required when source = \"file\"", example='"/etc/nvhook/inventory.json"'),
+    Key("inventory", "timeout", "float", 5.0,
+        "seconds for NVML init and enumeration, in (0, 600]; past it the request is denied"),
+    # -- [delegate] -------------------------------------------------------------
+    Key("delegate", "path", "string", None,
+        "NVIDIA's hook; \"\": policy only, exit 0 and let a separately registered NVIDIA "
+        "hook run next",
+        unset="look up nvidia-container-runtime-hook, then nvidia-container-toolkit, on a "
+              "fixed safe PATH", example='"/usr/bin/nvidia-container-runtime-hook"'),
+    Key("delegate", "args", "array of strings", ["prestart"],
+        "the delegate's arguments, e.g. [\"-config=/etc/nvidia-container-runtime/config.toml\", "
+        "\"prestart\"]"),
+    Key("delegate", "env", "array of strings", [f"PATH={SAFE_PATH}"],
+        "the delegate's whole env (NAME=VALUE); nothing else reaches it"),
+    # -- [audit] ----------------------------------------------------------------
+    Key("audit", "path", "string", "/var/log/nvhook/audit.jsonl",
+        "one JSON line per GPU decision; \"\" turns the log off"),
+    # -- [runtime] --------------------------------------------------------------
+    Key("runtime", "path", "string", "runc",
+        "the low-level runtime the shim execs (a name or an absolute path)"),
+    # -- [request] --------------------------------------------------------------
+    Key("request", "swarm-resource", "array of strings", [],
+        "NVIDIA's swarm-resource: env names read instead of NVIDIA_VISIBLE_DEVICES (a "
+        "comma-separated string is accepted too)"),
+)
+
+
+def by_dotted() -> dict[str, Key]:
+    return {k.dotted: k for k in KEYS}
+
+
+def tables() -> list[str]:
+    """Table names in ``KEYS`` order, each once."""
+    return list(dict.fromkeys(k.table for k in KEYS))
