@@ -319,8 +319,20 @@ def doctor(
                      show_default=False),
     ] = None,
     nvidia_config: NvidiaConfigOpt = None,
+    docker_socket: Annotated[
+        Path | None,
+        typer.Option("--docker-socket", help="Ask this dockerd for its runtimes (default: "
+                     "/var/run/docker.sock when it exists and no --prefix).", show_default=False),
+    ] = None,
+    containerd_socket: Annotated[
+        Path | None,
+        typer.Option("--containerd-socket", help="Ask this containerd whether its CRI plugin "
+                     "loaded (default: /run/containerd/containerd.sock, as above).",
+                     show_default=False),
+    ] = None,
 ) -> None:
-    """Check this node: NVML, driver, GPUs, NVIDIA's hook and config, hooks.d, policy, audit."""
+    """Check this node: NVML, driver, GPUs, NVIDIA's hook and config, hooks.d, Docker,
+    containerd, policy, audit."""
     from nvhook.ops import doctor as doctor_mod
 
     def go() -> int:
@@ -330,6 +342,8 @@ def doctor(
             prefix=prefix.absolute() if prefix else None,
             hooks_dirs=tuple(hooks_dir or ()),
             nvidia_config=nvidia_config,
+            docker_socket=docker_socket,
+            containerd_socket=containerd_socket,
         ))
         for check in checks:
             print(check.line())

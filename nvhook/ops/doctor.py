@@ -56,12 +56,15 @@ class Options:
     prefix: Path | None = None
     hooks_dirs: tuple[Path, ...] = ()
     nvidia_config: Path | None = None
+    docker_socket: Path | None = None  # ask this dockerd (default: /var/run/docker.sock)
+    containerd_socket: Path | None = None  # ask this containerd (default: /run/containerd/...)
 
 
 def run(opts: Options) -> tuple[Check, ...]:
     config, policy_check = _policy(opts)
     checks = [*_inventory(config), *_delegate(config), _nvidia_mode(opts, config)]
     checks += _hooks_d(opts, config)
+    checks += _engines(opts)
     checks += [policy_check, _audit(config), *_install()]
     return tuple(checks)
 
@@ -300,3 +303,164 @@ def _install() -> list[Check]:
     level = Level.OK if script else Level.WARN
     return [Check(level, "install", f"{where}: root-owned, not group/world-writable "
                   f"(python {sys.version.split()[0]})")]
+
+
+# -- Docker and containerd --------------------------------------------------------------
+
+DOCKER_SOCKET = Path("/var/run/docker.sock")
+CONTAINERD_SOCKET = Path("/run/containerd/containerd.sock")
+ENGINE_TIMEOUT = 5.0
+
+
+def _engines(opts: Options) -> list[Check]:
+    return [*_docker(opts), *_containerd(opts)]
+
+
+def _executable(path: object) -> bool:
+    return isinstance(path, str) and os.path.isfile(path) and os.access(path, os.X_OK)
+
+
+def _ask(cmd: list[str]) -> subprocess.CompletedProcess[str] | None:
+    """Run an engine's client with the safe PATH only; None when it cannot be run in time."""
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=ENGINE_TIMEOUT,
+                              check=False, stdin=subprocess.DEVNULL,
+                              env={"PATH": SAFE_PATH})
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+def _docker(opts: Options) -> list[Check]:
+    from nvhook.ops.install import DOCKER_CONFIG, RUNTIME_NAME, docker_default
+
+    path = under(opts.prefix, DOCKER_CONFIG)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return [Check(Level.OK, "docker", f"{path} absent (Docker not configured)")]
+    except OSError as e:
+        return [Check(Level.FAIL, "docker", f"{path}: cannot read: {e.strerror}")]
+    try:
+        doc = json.loads(data) if data.strip() else {}
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        return [Check(Level.FAIL, "docker", f"{path}: invalid JSON: {e}; dockerd will not "
+                      "start", "fix the file")]
+    if not isinstance(doc, dict):
+        return [Check(Level.FAIL, "docker", f"{path}: not a JSON object")]
+    runtimes = doc.get("runtimes") if isinstance(doc.get("runtimes"), dict) else {}
+    entry = runtimes.get(RUNTIME_NAME)
+    checks: list[Check] = []
+    if not isinstance(entry, dict):
+        checks.append(Check(Level.WARN, "docker", f"{path}: no runtimes.{RUNTIME_NAME}",
+                            "nvhook install --engine docker [--default]"))
+    elif not _executable(entry.get("path")):
+        checks.append(Check(Level.FAIL, "docker", f"{path}: runtimes.{RUNTIME_NAME}.path "
+                            f"{entry.get('path')!r} is not an executable file; dockerd "
+                            "fails every container that uses it",
+                            "nvhook install --engine docker"))
+    elif (entry.get("runtimeArgs") or [])[-1:] != ["runtime"]:
+        checks.append(Check(Level.FAIL, "docker", f"{path}: runtimes.{RUNTIME_NAME}."
+                            f"runtimeArgs {entry.get('runtimeArgs')!r} must end with "
+                            '"runtime"', "nvhook install --engine docker"))
+    else:
+        checks.append(Check(Level.OK, "docker", f"{path}: runtimes.{RUNTIME_NAME} runs "
+                            f"{entry['path']} {' '.join(entry['runtimeArgs'])}"))
+    default = docker_default(doc)
+    if default != RUNTIME_NAME:
+        checks.append(Check(Level.WARN, "docker", f"default runtime is {default!r}: "
+                            f"containers without --runtime={RUNTIME_NAME} bypass nvhook",
+                            "nvhook install --engine docker --default"))
+    else:
+        checks.append(Check(Level.OK, "docker", f"default runtime is {RUNTIME_NAME}"))
+    socket = opts.docker_socket or (DOCKER_SOCKET if opts.prefix is None else None)
+    if socket is not None and socket.exists():
+        checks.append(_docker_live(socket))
+    return checks
+
+
+def _docker_live(socket: Path) -> Check:
+    from nvhook.ops.install import RUNTIME_NAME
+
+    res = _ask(["docker", "--host", f"unix://{socket}", "info", "--format",
+                "{{json .Runtimes}} {{json .DefaultRuntime}}"])
+    if res is None or res.returncode != 0:
+        why = "no docker client" if res is None else (res.stderr.strip() or "failed")
+        return Check(Level.WARN, "docker", f"dockerd at {socket}: not asked ({why})")
+    try:
+        runtimes_json, default_json = res.stdout.strip().rsplit(" ", 1)
+        runtimes, default = json.loads(runtimes_json), json.loads(default_json)
+    except ValueError:
+        return Check(Level.WARN, "docker", f"docker info: unexpected output {res.stdout!r}")
+    if RUNTIME_NAME not in (runtimes or {}):
+        return Check(Level.FAIL, "docker", "the running dockerd has no nvhook runtime "
+                     f"(runtimes: {', '.join(sorted(runtimes or {}))})", "restart dockerd")
+    level = Level.OK if default == RUNTIME_NAME else Level.WARN
+    return Check(level, "docker", f"the running dockerd has runtime {RUNTIME_NAME}; its "
+                 f"default is {default!r}")
+
+
+def _containerd(opts: Options) -> list[Check]:
+    from nvhook.ops.install import (
+        CONTAINERD_CONFIG,
+        CONTAINERD_CRI,
+        CONTAINERD_DEFAULT_RUNTIME,
+        RUNTIME_NAME,
+    )
+
+    path = under(opts.prefix, CONTAINERD_CONFIG)
+    try:
+        doc = tomllib.loads(path.read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        return [Check(Level.OK, "containerd", f"{path} absent (containerd not configured)")]
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        return [Check(Level.FAIL, "containerd", f"{path}: cannot read: {e}", "fix the file")]
+    version = doc.get("version", 1)
+    if version not in CONTAINERD_CRI:
+        return [Check(Level.WARN, "containerd", f"{path}: config version {version!r}: nvhook "
+                      "knows versions 2 and 3", "containerd config migrate")]
+    table: object = doc
+    for key in CONTAINERD_CRI[version][:-1]:
+        table = table.get(key, {}) if isinstance(table, dict) else {}
+    table = table if isinstance(table, dict) else {}
+    runtimes = table.get("runtimes", {}) if isinstance(table.get("runtimes"), dict) else {}
+    default = table.get("default_runtime_name") or CONTAINERD_DEFAULT_RUNTIME
+    checks: list[Check] = []
+    entry = runtimes.get(RUNTIME_NAME)
+    binary = entry.get("options", {}).get("BinaryName") if isinstance(entry, dict) else None
+    if not isinstance(entry, dict):
+        checks.append(Check(Level.WARN, "containerd", f"{path} (version {version}): no "
+                            f"{RUNTIME_NAME} runtime handler",
+                            "nvhook install --engine containerd [--default]"))
+    elif not _executable(binary):
+        checks.append(Check(Level.FAIL, "containerd", f"{path}: handler {RUNTIME_NAME}: "
+                            f"BinaryName {binary!r} is not an executable file",
+                            "nvhook install --engine containerd"))
+    else:
+        checks.append(Check(Level.OK, "containerd", f"{path} (version {version}): handler "
+                            f"{RUNTIME_NAME}, BinaryName {binary}"))
+    if runtimes and default not in runtimes:
+        checks.append(Check(Level.FAIL, "containerd", f"default_runtime_name {default!r} has "
+                            "no runtime table: the CRI plugin will not load",
+                            f"add [...runtimes.{default}] or nvhook install --engine "
+                            "containerd"))
+    elif default != RUNTIME_NAME:
+        checks.append(Check(Level.WARN, "containerd", f"default runtime name is {default!r}: "
+                            f"pods without runtimeClassName: {RUNTIME_NAME} bypass nvhook",
+                            "nvhook install --engine containerd --default"))
+    else:
+        checks.append(Check(Level.OK, "containerd", f"default runtime name is {RUNTIME_NAME}"))
+    socket = opts.containerd_socket or (CONTAINERD_SOCKET if opts.prefix is None else None)
+    if socket is not None and socket.exists():
+        res = _ask(["ctr", "--address", str(socket), "plugins", "ls"])
+        status = None
+        for line in (res.stdout if res is not None else "").splitlines():
+            cols = line.split()
+            if cols[:2] == ["io.containerd.grpc.v1", "cri"]:
+                status = cols[-1]
+        if status is None:
+            checks.append(Check(Level.WARN, "containerd", f"{socket}: could not "
+                                "ask `ctr plugins ls`"))
+        else:
+            checks.append(Check(Level.OK if status == "ok" else Level.FAIL, "containerd",
+                                f"the running containerd's CRI plugin: {status}"))
+    return checks

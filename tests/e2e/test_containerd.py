@@ -160,3 +160,15 @@ def test_privileged_all_is_as_the_policy_says(containerd: Containerd, node: Node
     record = node.recorder.read()
     assert record is not None
     assert [a["stage"] for a in node.audit_lines()] == ["runtime-create", "prestart"]
+
+
+def test_doctor_asks_the_running_containerd(containerd: Containerd, tmp_path: Path) -> None:
+    from nvhook.ops import doctor
+
+    prefix = tmp_path / "root"
+    result = CliRunner().invoke(app, ["install", "--engine", "containerd", "--prefix",
+                                      str(prefix), "--nvhook-path", "/usr/local/bin/nvhook"])
+    assert result.exit_code == 0, result.output
+    opts = doctor.Options(prefix=prefix, containerd_socket=containerd.address)
+    lines = [c.line() for c in doctor._containerd(opts)]
+    assert lines[-1] == "ok  containerd: the running containerd's CRI plugin: ok", lines

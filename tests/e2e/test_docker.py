@@ -142,3 +142,14 @@ def test_cap_sys_admin_with_all_is_as_the_policy_says(eng: Engine) -> None:
     assert env_lines(res.stdout) == [f"NVIDIA_VISIBLE_DEVICES={GPUS[0]},{GPUS[1]}"]
     assert eng.node.recorder.read() is not None
     assert [a["stage"] for a in eng.node.audit_lines()] == ["runtime-create", "prestart"]
+
+
+def test_doctor_asks_the_running_dockerd(eng: Engine) -> None:
+    from nvhook.ops import doctor
+
+    opts = doctor.Options(prefix=eng.docker.base / "prefix",
+                          docker_socket=eng.docker.base / "d.sock")
+    lines = [c.line() for c in doctor._docker(opts)]
+    want = "ok" if eng.default else "warn"
+    assert lines[-1] == (f"{want}  docker: the running dockerd has runtime nvhook; its default "
+                         f"is {'nvhook' if eng.default else 'runc'!r}"), lines
