@@ -21,7 +21,13 @@ from nvhook.hookargs import (
     stage_word,
     swarm_names,
 )
-from nvhook.oci.scan import MAX_STATE_BYTES, may_request_gpu, state_looks_valid
+from nvhook.oci.scan import (
+    MAX_STATE_BYTES,
+    loads_spec,
+    may_request_gpu,
+    read_regular,
+    state_looks_valid,
+)
 
 TYPE_CHECKING = False  # not typing's: importing typing costs ~3 ms on the fast path
 if TYPE_CHECKING:
@@ -66,8 +72,9 @@ def fast_path(raw: bytes, config_option: str | None) -> bool | Preloaded | None:
         if not state_looks_valid(state):
             return None
         bundle = state.get("bundle", state.get("bundlePath"))
-        with open(os.path.join(bundle, "config.json"), "rb") as f:
-            spec = json.loads(f.read().decode("utf-8"))
+        # A regular file only (no FIFO, device or symlink), and no key Go could read
+        # otherwise: anything else goes to the full path, which refuses it.
+        spec = loads_spec(read_regular(os.path.join(bundle, "config.json")).decode("utf-8"))
         if not isinstance(spec, dict):
             return None
     except (ValueError, OSError, AttributeError, RecursionError):

@@ -11,13 +11,16 @@ from collections.abc import Callable
 from typing import NoReturn, TypeVar
 
 from nvhook.errors import DeniedError, ExitStatus, NvhookError
+from nvhook.safetext import one_line
 
 T = TypeVar("T")
 
 
 def fail(message: str, status: ExitStatus, notes: tuple[str, ...] = ()) -> NoReturn:
     for line in (message, *notes):
-        print(f"nvhook: {line}", file=sys.stderr)
+        # Messages quote the container's env, keys and paths: a control character or a
+        # line separator there must not start a second (fake) line.
+        print(f"nvhook: {one_line(line)}", file=sys.stderr)
     sys.exit(int(status))
 
 

@@ -52,14 +52,19 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
         st = None
     except OSError as e:
         raise WriteError(f"{path}: cannot stat before writing: {e.strerror}") from None
-    # The name spec.sweep_temp_files recognises, so a killed writer's leftovers are found.
-    tmp = directory / f".{path.name}.nvhook-{os.getpid()}.tmp"
+    # The name spec.sweep_temp_files recognises (the pid), plus 64 random bits: the
+    # directory may be writable by others, so the name must not be guessable, and
+    # O_EXCL|O_NOFOLLOW refuses a file or link planted under it anyway.
+    tmp = directory / f".{path.name}.nvhook-{os.getpid()}-{os.urandom(8).hex()}.tmp"
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600)
     except OSError as e:
         raise WriteError(f"{tmp}: cannot create temp file: {e.strerror}") from None
     try:
         try:
+            # Owner and mode are set on the descriptor created above, never on a path
+            # that could have been swapped since.
             if st is not None:
                 with contextlib.suppress(PermissionError):
                     os.fchown(fd, st.st_uid, st.st_gid)

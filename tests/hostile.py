@@ -134,3 +134,85 @@ def check_invariants(doc: dict[str, Any], policy: Policy) -> Decision:
         if parse(after).env.devices.kind is not Kind.UNSET:
             assert len(values) == 1 and _CANONICAL.match(values[0]), values
     return decision
+
+
+# -- Go's JSON: documents Python's json and Go's encoding/json read differently ----------------
+# Each is raw config.json text (a dict cannot hold a repeated key). ``shown`` is the offending
+# key as nvhook's line quotes it. Python's reading is harmless in every row; Go's (runc's,
+# NVIDIA's hook's) asks for every GPU, privilege or a device node.
+@dataclasses.dataclass(frozen=True)
+class GoKeyCase:
+    id: str
+    text: str
+    shown: str
+
+
+_ALL = '"NVIDIA_VISIBLE_DEVICES=all"'
+_BASE = '"ociVersion":"1.0.2","root":{"path":"rootfs"}'
+_GPU_MOUNT = '{"destination":"/var/run/nvidia-container-devices/all","source":"/dev/null"}'
+_NODE = '{"path":"/dev/nvidia0","type":"c","major":195,"minor":0}'
+
+
+def _go(id: str, body: str, shown: str) -> GoKeyCase:
+    return GoKeyCase(id, "{" + _BASE + "," + body + "}", shown)
+
+
+GO_KEY_CASES = [
+    _go("Process-capitalised", f'"Process":{{"env":[{_ALL}]}}', '"Process"'),
+    _go("PROCESS-upper", f'"PROCESS":{{"env":[{_ALL}]}}', '"PROCESS"'),
+    _go("process-then-Process", f'"process":{{"env":["PATH=/bin"]}},"Process":{{"env":[{_ALL}]}}',
+        '"Process"'),
+    _go("process-twice-env-survives",
+        f'"process":{{"env":[{_ALL}]}},"process":{{"args":["sh"]}}', '"process"'),
+    _go("env-then-Env", f'"process":{{"env":["NVIDIA_VISIBLE_DEVICES=void"],"Env":[{_ALL}]}}',
+        '"Env"'),
+    _go("ENV-then-env-readers-agree",
+        f'"process":{{"ENV":[{_ALL}],"env":["NVIDIA_VISIBLE_DEVICES=void"]}}', '"ENV"'),
+    _go("env-twice", f'"process":{{"env":["A=1"],"env":[{_ALL}]}}', '"env"'),
+    _go("long-s-escaped", f'"proce\\u017fs":{{"env":[{_ALL}]}}', '"proce\\u017fs"'),
+    _go("long-s-raw", f'"proce\u017fs":{{"env":[{_ALL}]}}', '"proce\\u017fs"'),
+    _go("capital-P-escaped", f'"\\u0050rocess":{{"env":[{_ALL}]}}', '"Process"'),
+    _go("dotless-i-in-capabilities",
+        f'"process":{{"env":[{_ALL}],"capab\u0131l\u0131t\u0131es":{{"bounding":["CAP_SYS_ADMIN"]}}}}',
+        '"capab\\u0131l\\u0131t\\u0131es"'),
+    _go("bounding-folded-twin",
+        f'"process":{{"env":[{_ALL}],"capabilities":{{"bounding":["CAP_SYS_ADMIN"],'
+        '"BOUNDING":[]}}', '"BOUNDING"'),
+    _go("bounding-dotless-i", '"process":{"env":["NVIDIA_VISIBLE_DEVICES=all"],"capabilities":'
+        '{"bound\\u0131ng":["CAP_SYS_ADMIN"]}}', '"bound\\u0131ng"'),
+    _go("mounts-twin", f'"mounts":[],"Mounts":[{_GPU_MOUNT}]', '"Mounts"'),
+    _go("mount-destination-folded",
+        '"mounts":[{"Destination":"/var/run/nvidia-container-devices/all","source":"/dev/null"}]',
+        '"Destination"'),
+    _go("kelvin-in-hooks", '"hoo\\u212as":{"prestart":[{"path":"/bin/true"}]}',
+        '"hoo\\u212as"'),
+    _go("device-path-folded",
+        '"linux":{"devices":[{"Path":"/dev/nvidia0","type":"c","major":195,"minor":0}]}',
+        '"Path"'),
+    _go("devices-twice", f'"linux":{{"devices":[],"devices":[{_NODE}]}}', '"devices"'),
+    _go("cgroup-allow-twin", '"linux":{"resources":{"devices":[{"allow":false,"Allow":true,'
+        '"type":"c","major":195,"access":"rwm"}]}}', '"Allow"'),
+    _go("Linux-capitalised", f'"Linux":{{"devices":[{_NODE}]}}', '"Linux"'),
+    _go("annotations-repeated-exactly", '"annotations":{"cdi.k8s.io/x":"nvidia.com/gpu=0",'
+        '"cdi.k8s.io/x":"nvidia.com/gpu=all"}', '"cdi.k8s.io/x"'),
+    _go("Annotations-capitalised", '"Annotations":{"cdi.k8s.io/x":"nvidia.com/gpu=all"}',
+        '"Annotations"'),
+    _go("root-path-twin", '"hostname":"h","Root":{"path":"/"}', '"Root"'),
+    _go("unknown-keys-fold-together", f'"process":{{"env":[{_ALL}]}},"x-tool":1,"X-TOOL":2',
+        '"X-TOOL"'),
+]
+
+# Documents both readers read alike: nvhook must not refuse them.
+GO_KEY_ACCEPTED = [
+    GoKeyCase("annotation-keys-differ-in-case",
+              "{" + _BASE + ',"annotations":{"Foo":"1","foo":"2","Process":"3"}}', ""),
+    GoKeyCase("sysctl-keys-differ-in-case",
+              "{" + _BASE + ',"linux":{"sysctl":{"net.A":"1","net.a":"2"}}}', ""),
+    GoKeyCase("exact-key-escaped", "{" + _BASE + ',"\\u0070rocess":{"env":["A=1"]}}', ""),
+    GoKeyCase("unknown-non-ascii-key", "{" + _BASE + ',"ünknown":1}', ""),
+    GoKeyCase("rdma-map-then-struct",
+              "{" + _BASE + ',"linux":{"resources":{"rdma":{"mlx5_0":{"hcaHandles":3},'
+              '"MLX5_0":{"hcaObjects":4}}}}}', ""),
+    GoKeyCase("surrogate-pair-escaped", "{" + _BASE + ',"process":{"env":["E=\\ud83d\\ude00"]}}',
+              ""),
+]

@@ -116,6 +116,29 @@ SPEC_CASES: dict[str, Callable[[Path, list[str]], None]] = {
     "annotation-number": lambda b, env: put(
         b, json.dumps({**spec_text(env), "annotations": {"cdi.k8s.io/x": 1}}).encode()),
     "deep-nesting": lambda b, env: put(b, b"[" * 100000 + b"]" * 100000),
+    "deep-nesting-in-object": lambda b, env: put(
+        b, b'{"process":{"env":' + json.dumps(env).encode() + b'},"x":' + b'{"a":' * 5000
+        + b"1" + b"}" * 5001),
+    # Not a regular file: a FIFO could serve one document to nvhook and another to NVIDIA's
+    # hook (and would block a plain open); a link is not followed.
+    "fifo": lambda b, env: os.mkfifo(b / "config.json"),
+    "symlink-to-valid-spec": lambda b, env: (
+        (b / "real.json").write_text(json.dumps(spec_text(env))),
+        (b / "config.json").symlink_to("real.json")),
+    "symlink-to-dev-null": lambda b, env: (b / "config.json").symlink_to("/dev/null"),
+    # What Python's json accepts but Go reads otherwise, or Python cannot encode back.
+    "lone-surrogate-in-env": lambda b, env: put(
+        b, json.dumps(spec_text([*env, "X=\ud800"])).encode()),
+    "lone-surrogate-in-annotation-key": lambda b, env: put(
+        b, json.dumps({**spec_text(env), "annotations": {"a\udfff": "1"}}).encode()),
+    "nan": lambda b, env: put(b, json.dumps({**spec_text(env), "x": float("nan")}).encode()),
+    "infinity": lambda b, env: put(b, json.dumps({**spec_text(env), "x": float("-inf")}).encode()),
+    "float-overflows": lambda b, env: put(
+        b, json.dumps(spec_text(env)).encode()[:-1] + b',"x":1e999}'),
+    "int-200-digits": lambda b, env: put(
+        b, json.dumps({**spec_text(env), "x": 10 ** 199}).encode()),
+    "int-5000-digits": lambda b, env: put(
+        b, json.dumps(spec_text(env)).encode()[:-1] + b',"x":' + b"7" * 5000 + b"}"),
 }
 
 
@@ -221,3 +244,39 @@ def test_unreadable_stdin_is_empty(node: Node, tmp_path: Path) -> None:
                               stdin=devnull, capture_output=True, env=node.env(), timeout=30,
                               check=False)
     assert_one_line(proc, STATE, "empty")
+
+
+# -- text from the container: one line, whatever it holds -----------------------------------------
+LINE_BREAKERS = {
+    "line-separator": "all\u2028nvhook: allowed",
+    "paragraph-separator": "all\u2029nvhook: allowed",
+    "carriage-return": "all\rnvhook: allowed",
+    "escape-sequence": "all\x1b[2K\x1b[1Gnvhook: allowed",
+    "c1-next-line": "all\x85nvhook: allowed",
+    "vertical-tab": "all\x0bnvhook: allowed",
+    "file-separator": "all\x1cnvhook: allowed",
+    "nul": "all\x00nvhook: allowed",
+}
+
+
+@pytest.mark.parametrize("value", LINE_BREAKERS.values(), ids=LINE_BREAKERS.keys())
+def test_denial_line_stays_one_line(node: Node, tmp_path: Path, value: str) -> None:
+    bundle = write_bundle(tmp_path / "b", [f"NVIDIA_VISIBLE_DEVICES={value}"])
+    line = assert_one_line(hook(node, runc_state(bundle)), DENIED, "denied")
+    assert all(c.isprintable() for c in line), ascii(line)
+    assert "nvhook: allowed" in line  # shown, escaped, inside the one line
+
+
+def test_surrogate_in_rewrite_mode_leaves_the_file_as_it_was(node: Node, tmp_path: Path) -> None:
+    # A rewrite would json.dumps(...).encode() a lone surrogate: UnicodeEncodeError. nvhook
+    # refuses the document first, and the file keeps every byte.
+    node.write_config('[policy]\nmode = "rewrite"\n')
+    bundle = tmp_path / "b"
+    bundle.mkdir()
+    put(bundle, json.dumps(spec_text(["NVIDIA_VISIBLE_DEVICES=all", "X=\ud800"])).encode())
+    before = (bundle / "config.json").read_bytes()
+    assert_one_line(hook(node, state(bundle)), SPEC, "surrogate", "process.env[1]")
+    assert (bundle / "config.json").read_bytes() == before
+    proc = node.run(["--config", str(node.config), "precreate"], stdin=before, timeout=30)
+    assert_one_line(proc, SPEC, "surrogate")
+    assert proc.stdout == b""

@@ -20,18 +20,24 @@ import pytest
 from builders import device_mount, document
 from fakenvml import GPU0_BUS, GPU0_UUID, GPU1_BUS, GPU1_UUID, MIG_A_UUID, MIG_B_UUID
 from hostile import (
+    CONFIG,
     DEFAULT,
+    GO_KEY_ACCEPTED,
+    GO_KEY_CASES,
     OTHER_GPU0,
     OTHER_GPU1,
     OTHER_MIG,
     RESTRICT,
     RESTRICT_ENFORCE,
     REWRITE,
+    GoKeyCase,
     check_invariants,
 )
 
 from nvhook.decision.decide import Outcome
 from nvhook.decision.request import MIG_CONFIG_DEVICES, MIG_MONITOR_DEVICES
+from nvhook.errors import DeniedError
+from nvhook.oci.spec import parse_document
 
 V = "NVIDIA_VISIBLE_DEVICES"
 G0, G1, MA, MB = GPU0_UUID, GPU1_UUID, MIG_A_UUID, MIG_B_UUID
@@ -445,3 +451,19 @@ def test_row(row: Row) -> None:
     strict = check_invariants(doc, RESTRICT_ENFORCE)
     if strict.outcome is not Outcome.DENY:
         assert set(strict.granted) == got["restrict"][1]
+
+
+# -- Go's JSON: folded and repeated keys ---------------------------------------------------------
+@pytest.mark.parametrize("case", GO_KEY_CASES, ids=lambda c: c.id)
+def test_go_key_documents_are_refused(case: GoKeyCase) -> None:
+    with pytest.raises(DeniedError) as e:
+        parse_document(CONFIG, case.text.encode())
+    assert case.shown in e.value.message, e.value.message
+    assert e.value.status == 3
+
+
+@pytest.mark.parametrize("policy", [*POLICIES, "restrict-enforce"])
+@pytest.mark.parametrize("case", GO_KEY_ACCEPTED, ids=lambda c: c.id)
+def test_documents_go_reads_alike_are_judged(case: GoKeyCase, policy: str) -> None:
+    doc = parse_document(CONFIG, case.text.encode())
+    check_invariants(doc, POLICIES.get(policy, RESTRICT_ENFORCE))

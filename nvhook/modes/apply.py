@@ -19,6 +19,7 @@ from nvhook.errors import DeniedError
 from nvhook.gpus.inventory import Gpu, Inventory, MigDevice
 from nvhook.hookargs import swarm_names
 from nvhook.oci import spec as spec_mod
+from nvhook.safetext import one_line
 
 CUDA_VISIBLE_DEVICES = "CUDA_VISIBLE_DEVICES"
 
@@ -87,5 +88,5 @@ def record(config: Config, evaluation: Evaluation, container_id: str, stage: str
     try:
         audit.append(config.audit_path, entry)
     except OSError as e:
-        print(f"nvhook: warning: audit log {config.audit_path}: {e.strerror or e}",
+        print(one_line(f"nvhook: warning: audit log {config.audit_path}: {e.strerror or e}"),
               file=sys.stderr)

@@ -10,7 +10,6 @@ itself.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from nvhook import config as config_mod
@@ -36,4 +35,4 @@ def precreate(raw: bytes, config_option: str | None) -> bytes:
     new = apply.decided_document(evaluation)
     if new == spec.doc:
         return raw
-    return json.dumps(new, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
+    return spec_mod.encode(STDIN, new) + b"\n"

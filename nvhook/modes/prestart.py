@@ -25,6 +25,7 @@ from nvhook.nvidia import delegate
 from nvhook.oci import spec as spec_mod
 from nvhook.oci import state as state_mod
 from nvhook.oci.state import Preloaded
+from nvhook.safetext import one_line
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,7 @@ def prestart(raw: bytes, config: Config, preloaded: Preloaded | None = None) -> 
     bundle = Path(state_mod.bundle_of(state_doc) or "")
     config_path = bundle / spec_mod.CONFIG_NAME
     if preloaded is not None:
-        spec = spec_mod.from_document(config_path, preloaded.spec_doc)
+        spec = spec_mod.from_preloaded(config_path, preloaded.spec_doc)
     else:
         spec = spec_mod.load(bundle)
     evaluation = evaluate(spec, config)
@@ -88,7 +89,7 @@ def run(argv: list[str], raw: bytes, preloaded: Preloaded | None) -> NoReturn:
         config = config_mod.load(config_option(argv))
         handover = prestart(raw, config, preloaded)
         for warning in handover.warnings:
-            print(f"nvhook: {warning}", file=sys.stderr)
+            print(f"nvhook: {one_line(warning)}", file=sys.stderr)
         if handover.path is None:
             sys.exit(0)
         delegate.exec_delegate(handover.path, config.delegate, handover.state)

@@ -7,6 +7,12 @@ before anything else is loaded (``spec`` costs ~10 ms of imports, mostly
 
 from __future__ import annotations
 
+import json  # entry imports it anyway
+import os  # loaded by the interpreter at start-up, like stat: free
+import stat
+
+from nvhook.oci.fields import BY_LOWER, OCI_FIELDS
+
 TYPE_CHECKING = False  # not typing's: importing typing costs ~3 ms on the fast path
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -51,6 +57,96 @@ def may_request_gpu(doc: Mapping[str, Any], extra_env_names: Sequence[str] = ())
     elif devices is not None:
         return True
     return False
+
+
+class GoWouldDiffer(ValueError):
+    """A key Go's JSON could read otherwise than Python's: leave it to the full path."""
+
+
+def loads_spec(text: str) -> Any:
+    """``json.loads`` for the fast path, raising ValueError (the fast path then hands the
+    document to the full path, which refuses it with its place named) wherever
+    ``gojson.check`` could object: a coarse, cheap version of it.
+
+    Costs a substring search over the text and, per object, a dict, a set and one set
+    lookup per key: a spec written by an engine passes all of them.
+    """
+    if "\\ud" in text or "\\uD" in text:
+        raise GoWouldDiffer("a surrogate escape")  # lone ones are refused; pairs are rare
+    return json.loads(text, object_pairs_hook=_pairs, parse_int=_int, parse_float=_float,
+                      parse_constant=_constant)
+
+
+def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # Repeated keys, two keys Go folds together (ASCII case; any non-ASCII key may fold
+    # under Unicode folding), a field name in another case.
+    obj = dict(pairs)
+    if len(obj) != len(pairs) or len({key.lower() for key in obj}) != len(obj):
+        raise GoWouldDiffer
+    for key in obj:
+        if key not in OCI_FIELDS and (not key.isascii() or key.lower() in BY_LOWER):
+            raise GoWouldDiffer
+    return obj
+
+
+def _int(text: str) -> int:
+    if len(text) > 100:  # gojson.MAX_INT_DIGITS
+        raise GoWouldDiffer
+    return int(text)
+
+
+def _float(text: str) -> float:
+    value = float(text)
+    if value in (INF, -INF):
+        raise GoWouldDiffer
+    return value
+
+
+def _constant(name: str) -> float:
+    raise GoWouldDiffer(name)  # NaN, Infinity: not JSON to Go
+
+
+INF = float("inf")
+
+
+def read_regular(path: str) -> bytes:
+    """The bytes of ``path``, which must be a regular file and not a symbolic link.
+
+    A FIFO could hand one document to nvhook and another to NVIDIA's hook, and would
+    block a plain open; a device is no spec. Raises OSError (ELOOP for a symlink) or
+    NotRegular. ``lstat`` first, so a device node or FIFO is never opened at all; the
+    ``O_NOFOLLOW`` open and the ``fstat`` of the descriptor are the checks that count
+    (the path can change in between).
+    """
+    kind = stat.S_IFMT(os.lstat(path).st_mode)
+    if kind != stat.S_IFREG:
+        raise NotRegular(kind)
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        kind = stat.S_IFMT(os.fstat(fd).st_mode)
+        if kind != stat.S_IFREG:
+            raise NotRegular(kind)
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+class NotRegular(ValueError):
+    """``path`` is not a regular file; ``kind`` is its ``S_IFMT`` bits."""
+
+    def __init__(self, kind: int) -> None:
+        super().__init__(kind)
+        self.kind = kind
+
+    @property
+    def what(self) -> str:
+        return {stat.S_IFDIR: "a directory", stat.S_IFIFO: "a FIFO",
+                stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
+                stat.S_IFSOCK: "a socket", stat.S_IFLNK: "a symbolic link"}.get(
+                    self.kind, "not a regular file")
 
 
 MAX_STATE_BYTES = 1 << 20  # real states are a few hundred bytes

@@ -7,14 +7,18 @@ container asks for a GPU at all.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from nvhook.errors import SpecError, WriteError
+from nvhook.oci import gojson
+from nvhook.oci.scan import NotRegular, read_regular
 from nvhook.oci.scan import may_request_gpu as may_request_gpu  # lives there: see nvhook/scan.py
 
 CONFIG_NAME = "config.json"
@@ -53,14 +57,22 @@ class Spec:
 
 
 def read_bytes(path: Path) -> bytes:
+    """The file's bytes; it must be a regular file, not a symlink, FIFO or device
+    (``scan.read_regular``, which the fast path uses too)."""
     try:
-        with open(path, "rb") as f:
-            return f.read()
+        return read_regular(str(path))
+    except NotRegular as e:
+        if e.kind == stat.S_IFDIR:
+            raise SpecError(f"{path}: is a directory, expected the OCI config.json") from None
+        raise SpecError(f"{path}: is {e.what}; nvhook reads the spec only from a regular "
+                        "file (a FIFO or a link can serve another document to the next "
+                        "reader)") from None
     except FileNotFoundError:
         raise SpecError(f"{path}: no such file (is the bundle path right?)") from None
-    except IsADirectoryError:
-        raise SpecError(f"{path}: is a directory, expected the OCI config.json") from None
     except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise SpecError(f"{path}: is a symbolic link; nvhook reads the spec only from "
+                            "a regular file") from None
         raise SpecError(f"{path}: cannot read: {e.strerror}") from None
 
 
@@ -72,7 +84,7 @@ def parse_document(path: Path, data: bytes) -> dict[str, Any]:
     if "\x00" in text:
         raise SpecError(f"{path}: contains a NUL byte at offset {text.index(chr(0))}")
     try:
-        doc = json.loads(text)
+        doc = gojson.loads(text, str(path))  # refuses what Go's JSON would read otherwise
     except json.JSONDecodeError as e:
         where = f"line {e.lineno} column {e.colno}"
         raise SpecError(f"{path}: not valid JSON: {e.msg} ({where})") from None
@@ -86,6 +98,13 @@ def parse_document(path: Path, data: bytes) -> dict[str, Any]:
 def load(bundle: Path) -> Spec:
     path = bundle / CONFIG_NAME
     return from_document(path, parse_document(path, read_bytes(path)))
+
+
+def from_preloaded(path: Path, doc: dict[str, Any]) -> Spec:
+    """A document the hook's fast path parsed: its coarse key check ran already (it
+    refuses repeated keys), so ``gojson.check`` does the rest here."""
+    gojson.check(doc, str(path))
+    return from_document(path, doc)
 
 
 def from_document(path: Path, doc: dict[str, Any]) -> Spec:
@@ -136,8 +155,20 @@ def write_atomic(path: Path, doc: Mapping[str, Any]) -> None:
 
     if not path.is_file():
         raise WriteError(f"{path}: cannot rewrite: the file is gone")
+    data = encode(path, doc)  # before anything is touched: a failure leaves the file as it was
     sweep_temp_files(path.parent)
-    write_bytes(path, json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode())
+    write_bytes(path, data)
+
+
+def encode(path: Path, doc: Mapping[str, Any]) -> bytes:
+    """``doc`` as compact UTF-8 JSON. ``gojson`` refuses what cannot be encoded (lone
+    surrogates, NaN), so a failure here is a bug; it still gets one line, not a trace."""
+    try:
+        return json.dumps(doc, ensure_ascii=False, separators=(",", ":"),
+                          allow_nan=False).encode("utf-8")
+    except (ValueError, TypeError, RecursionError) as e:
+        raise WriteError(f"{path}: cannot encode the decided spec ({e}); "
+                         "file left as it was") from None
 
 
 def sweep_temp_files(directory: Path) -> None:
@@ -149,7 +180,8 @@ def sweep_temp_files(directory: Path) -> None:
     for name in names:
         if not (name.startswith(_TMP_PREFIX) and name.endswith(".tmp")):
             continue
-        pid_text = name[len(_TMP_PREFIX) : -len(".tmp")]
+        # fileops names them .<name>.nvhook-<pid>-<random>.tmp
+        pid_text = name[len(_TMP_PREFIX) : -len(".tmp")].partition("-")[0]
         if pid_text.isdigit() and _alive(int(pid_text)) and int(pid_text) != os.getpid():
             continue
         with contextlib.suppress(OSError):

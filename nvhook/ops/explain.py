@@ -7,6 +7,7 @@ from typing import Any
 from nvhook.decision.evaluate import Evaluation
 from nvhook.decision.request import env_map, to_json
 from nvhook.errors import InventoryError
+from nvhook.safetext import one_line
 
 
 def nvidia_env(env: tuple[str, ...]) -> dict[str, str]:
@@ -51,7 +52,8 @@ def as_text(e: Evaluation) -> str:
     after = nvidia_env(d.env)
     rows += [("env after", f"{k}={v}") for k, v in after.items()] or [("env after", "-")]
     width = max(len(k) for k, _ in rows)
-    return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
+    # Values quote the container's env and ids: one row stays one line on the terminal.
+    return "\n".join(f"{k.ljust(width)}  {one_line(v)}" for k, v in rows)
 
 
 def _yes(flag: bool) -> str:
