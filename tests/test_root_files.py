@@ -36,7 +36,7 @@ def test_link_at_the_old_predictable_name_is_not_written_through(
         target: tuple[Path, Path]) -> None:
     path, victim = target
     (path.parent / f".config.json.nvhook-{os.getpid()}.tmp").symlink_to(victim)
-    spec.write_atomic(path, {"process": {"env": ["B=2"]}})
+    fileops.write_atomic(path, b'{"process":{"env":["B=2"]}}')
     assert victim.read_text() == "root's file\n"
     assert json.loads(path.read_bytes()) == {"process": {"env": ["B=2"]}}
     assert not path.is_symlink()
