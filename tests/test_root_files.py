@@ -77,7 +77,7 @@ def test_temp_names_are_unpredictable_and_swept_by_pid(target: tuple[Path, Path]
     assert len(set(names)) == 3, names
     assert all(TEMP_NAME.fullmatch(n) and TEMP_NAME.fullmatch(n)[1] == str(os.getpid())
                for n in names), names
-    # A leftover of a writer that is gone (pid 2**22 + 1 is above the kernel's PID_MAX_LIMIT) is swept.
+    # A leftover of a writer that is gone (pid 2**22 + 1 > the kernel's PID_MAX_LIMIT) is swept.
     leftover = path.parent / f".config.json.nvhook-{2**22 + 1}-{'ab' * 8}.tmp"
     leftover.write_text("torn")
     spec.write_atomic(path, {"n": 3})
