@@ -132,6 +132,23 @@ def test_precreate_refuses_too(node: Node) -> None:
     assert proc.stdout == b""
 
 
+@pytest.mark.parametrize("subcommand", ["create", "run", "restore"])
+def test_runtime_shim_refuses_too(node: Node, tmp_path: Path, subcommand: str) -> None:
+    runtime = tmp_path / "rt" / "fakerunc"
+    runtime.parent.mkdir()
+    runtime.write_text('#!/bin/sh\ntouch "$(dirname "$0")/ran"\n')
+    runtime.chmod(0o755)
+    node.write_config(f'[runtime]\npath = "{runtime}"\n')
+    text = next(c.text for c in GO_KEY_CASES if c.id == "env-then-Env")
+    bundle = bundle_with(tmp_path, text)
+    proc = node.run(["--config", str(node.config), "runtime", subcommand, "--bundle",
+                     str(bundle), "c1"])
+    assert proc.returncode == DENIED, proc.stderr
+    assert proc.stderr.decode().startswith("nvhook: denied: "), proc.stderr
+    assert not (runtime.parent / "ran").exists()
+    assert (bundle / "config.json").read_text() == text
+
+
 @pytest.mark.skipif(shutil.which("runc") is None, reason="runc is not installed")
 def test_runc_default_spec_is_accepted(tmp_path: Path) -> None:
     # What a real engine writes must never be refused: runc's own template, every field set.
