@@ -20,16 +20,39 @@ def utc_stamp(now: datetime | None = None) -> str:
 
 
 def backup(path: Path, stamp: str) -> Path:
-    """Copy ``path`` to ``<path>.nvhook-bak.<stamp>`` (never over an existing backup)."""
-    target = path.with_name(f"{path.name}.nvhook-bak.{stamp}")
-    import shutil
+    """Copy ``path`` to ``<path>.nvhook-bak.<stamp>`` (never over an existing backup).
 
-    n = 1
-    while target.exists():  # two changes of one file within a second
-        target = path.with_name(f"{path.name}.nvhook-bak.{stamp}.{n}")
-        n += 1
+    The copy is created with O_CREAT|O_EXCL|O_NOFOLLOW, so an entry planted under the
+    backup's name (a link to a file root trusts) is skipped, never written through; mode
+    and times are set on that descriptor, as ``shutil.copy2`` would set them on the path.
+    """
     try:
-        shutil.copy2(path, target)
+        data = path.read_bytes()
+        st = os.stat(path)
+    except OSError as e:
+        raise WriteError(f"{path}: cannot back up: {e.strerror}") from None
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    target = path.with_name(f"{path.name}.nvhook-bak.{stamp}")
+    n = 0
+    while True:
+        try:
+            fd = os.open(target, flags, 0o600)
+            break
+        except FileExistsError:  # two changes of one file within a second, or planted
+            n += 1
+            target = path.with_name(f"{path.name}.nvhook-bak.{stamp}.{n}")
+        except OSError as e:
+            raise WriteError(f"{path}: cannot back up to {target}: {e.strerror}") from None
+    try:
+        try:
+            os.fchmod(fd, st.st_mode & 0o7777)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
     except OSError as e:
         raise WriteError(f"{path}: cannot back up to {target}: {e.strerror}") from None
     return target

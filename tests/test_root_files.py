@@ -82,3 +82,21 @@ def test_temp_names_are_unpredictable_and_swept_by_pid(target: tuple[Path, Path]
     leftover.write_text("torn")
     spec.write_atomic(path, {"n": 3})
     assert not leftover.exists()
+
+
+@pytest.mark.parametrize("link_to", ["victim", "nowhere"])
+def test_backup_skips_a_planted_link_at_its_name(target: tuple[Path, Path], link_to: str) -> None:
+    # A dangling link is the dangerous one: "does the backup exist?" says no, and a plain
+    # copy then creates the link's target wherever it points.
+    path, victim = target
+    path.chmod(0o640)
+    pointed = victim if link_to == "victim" else victim.with_name("created-by-root")
+    planted = path.with_name("config.json.nvhook-bak.20260101T000000Z")
+    planted.symlink_to(pointed)
+    saved = fileops.backup(path, "20260101T000000Z")
+    assert victim.read_text() == "root's file\n"
+    assert link_to == "victim" or not pointed.exists()
+    assert saved.name == "config.json.nvhook-bak.20260101T000000Z.1"
+    assert saved.read_bytes() == path.read_bytes()
+    assert (saved.stat().st_mode & 0o777, saved.stat().st_mtime_ns) == (
+        0o640, path.stat().st_mtime_ns)
