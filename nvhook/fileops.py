@@ -46,9 +46,7 @@ def backup(path: Path, stamp: str) -> Path:
     try:
         try:
             os.fchmod(fd, st.st_mode & 0o7777)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
+            write_all(fd, data)
             os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
             os.fsync(fd)
         finally:
@@ -92,9 +90,7 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
                 with contextlib.suppress(PermissionError):
                     os.fchown(fd, st.st_uid, st.st_gid)
             os.fchmod(fd, (st.st_mode & 0o7777) if st is not None else mode)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
+            write_all(fd, data)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -104,6 +100,12 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
             os.unlink(tmp)
         raise WriteError(f"{path}: write failed, file left as it was: {e.strerror}") from None
     fsync_dir(directory)
+
+
+def write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:  # os.write may write less than asked
+        view = view[os.write(fd, view) :]
 
 
 def rename(src: Path, dst: Path) -> None:
