@@ -20,9 +20,10 @@ _POD_KEYS = ("io.kubernetes.pod.name", "io.kubernetes.cri.sandbox-name")
 
 
 def record(evaluation: Evaluation, container_id: str, stage: str,
-           annotations: Mapping[str, str]) -> dict[str, Any]:
+           annotations: Mapping[str, str],
+           leases: Mapping[str, Any] | None = None) -> dict[str, Any]:
     d = evaluation.decision
-    return {
+    entry = {
         "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
         "container": container_id,
         "namespace": _first(annotations, _NAMESPACE_KEYS),
@@ -36,6 +37,21 @@ def record(evaluation: Evaluation, container_id: str, stage: str,
         "rule": d.policy.rule,
         "version": __version__,
         "duration_ms": round(evaluation.seconds * 1000, 3),
+    }
+    if leases is not None:
+        entry["leases"] = dict(leases)  # what the lease step acquired, released, reclaimed
+    return entry
+
+
+def release_record(container_id: str, stage: str, released: list[str]) -> dict[str, Any]:
+    """The line for leases given back (poststop): no request was judged."""
+    return {
+        "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+        "container": container_id,
+        "stage": stage,
+        "decision": "release",
+        "leases": {"released": released},
+        "version": __version__,
     }
 
 

@@ -64,6 +64,30 @@ def prestart(ctx: typer.Context) -> None:
 
 
 @app.command()
+def poststop(ctx: typer.Context) -> None:
+    """Run as an OCI poststop hook: release the container's GPU leases (state on stdin)."""
+    from nvhook.modes import prestart as prestart_mod
+
+    argv = ["--config", ctx.obj] if ctx.obj else []
+    prestart_mod.run([*argv, "poststop"], sys.stdin.buffer.read(), None)
+
+
+@app.command()
+def leases(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """List the GPU lease table: who holds which device, and which leases are stale."""
+    from nvhook.ops import leases as leases_mod
+
+    def go() -> None:
+        view = leases_mod.view(load_config(ctx))
+        print(json.dumps(view.as_json(), indent=2) if as_json else view.as_text())
+
+    _guard(go)
+
+
+@app.command()
 def explain(
     ctx: typer.Context,
     bundle: Annotated[Path, typer.Option("--bundle", help="The OCI bundle directory.")],
@@ -79,12 +103,15 @@ def explain(
     from nvhook.ops import explain as explain_mod
 
     def go() -> int:
+        from nvhook.leases import step as lease_step
+
         config = load_config(ctx)
         evaluation = evaluate(spec_mod.load(bundle), config, inventory)
+        evaluation, leased = lease_step.preview(evaluation, config)
         if as_json:
-            print(json.dumps(explain_mod.as_json(evaluation), indent=2))
+            print(json.dumps(explain_mod.as_json(evaluation, leased), indent=2))
         else:
-            print(explain_mod.as_text(evaluation))
+            print(explain_mod.as_text(evaluation, leased))
         denied = evaluation.decision.outcome is Outcome.DENY
         return int(ExitStatus.DENIED) if denied else 0
 

@@ -15,7 +15,14 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from nvhook.decision.policy import POLICY_KEYS, Policy, Rule, effective
+from nvhook.decision.policy import (
+    POLICY_KEYS,
+    LeaseMode,
+    LeasePolicy,
+    Policy,
+    Rule,
+    effective,
+)
 from nvhook.errors import ConfigError
 from nvhook.nvidia.delegate import DELEGATE_CANDIDATES as DELEGATE_CANDIDATES
 from nvhook.nvidia.delegate import SAFE_PATH as SAFE_PATH
@@ -24,6 +31,13 @@ from nvhook.nvidia.delegate import DelegateSettings
 DEFAULT_PATH = Path("/etc/nvhook/config.toml")
 CONFIG_ENV = "NVHOOK_CONFIG"
 DEFAULT_AUDIT_PATH = "/var/log/nvhook/audit.jsonl"
+DEFAULT_LEASES_DIR = Path("/run/nvhook/leases")  # tmpfs: a reboot clears it
+# `[leases]` keys; a rule's `leases` table takes the same ones but `dir`.
+LEASE_KEYS: dict[str, str] = {
+    "mode": '"off" | "exclusive" | "shared": lease devices to containers (default "off")',
+    "max-per-gpu": "containers that may share one device in shared mode (default 1)",
+    "dir": f"the lease table's directory, on a tmpfs (default {DEFAULT_LEASES_DIR})",
+}
 
 
 class InventorySource(StrEnum):
@@ -48,6 +62,13 @@ class Config:
     audit_path: str = DEFAULT_AUDIT_PATH
     runtime_path: str = "runc"
     swarm_resource: tuple[str, ...] = ()
+    leases_dir: Path = DEFAULT_LEASES_DIR
+
+    @property
+    def leases_anywhere(self) -> bool:
+        """Whether any policy (the base or a rule) leases devices."""
+        return self.policy.leases.active or any(
+            "leases" in r.overrides and r.overrides["leases"].active for r in self.rules)
 
     def policy_for(self, annotations: Mapping[str, str]) -> Policy:
         return effective(self.policy, self.rules, annotations)
@@ -88,19 +109,23 @@ def parse(data: bytes, path: Path) -> Config:
 class _Reader:
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.base_leases = LeasePolicy()
 
     def fail(self, key: str, problem: str) -> ConfigError:
         return ConfigError(f"{self.path}: {key}: {problem}")
 
     def config(self, doc: dict[str, Any]) -> Config:
         self.only(doc, "", {"version", "policy", "inventory", "delegate", "audit", "runtime",
-                            "request"})
+                            "request", "leases"})
         version = doc.get("version", 1)
         if version != 1 or isinstance(version, bool):
             raise self.fail("version", f"unsupported version {version!r} (expected 1)")
         policy_doc = self.table(doc, "policy")
         rules_doc = policy_doc.pop("rules", [])
-        policy = Policy(**self.policy_fields(policy_doc, "policy"))
+        leases_doc = self.table(doc, "leases")
+        leases_dir = self.leases_dir(leases_doc.pop("dir", str(DEFAULT_LEASES_DIR)))
+        self.base_leases = self.lease_policy(leases_doc, "leases", LeasePolicy())
+        policy = Policy(**self.policy_fields(policy_doc, "policy"), leases=self.base_leases)
         return Config(
             path=self.path,
             policy=policy,
@@ -110,6 +135,7 @@ class _Reader:
             audit_path=self.audit(self.table(doc, "audit")),
             runtime_path=self.runtime(self.table(doc, "runtime")),
             swarm_resource=self.swarm_resource(self.table(doc, "request")),
+            leases_dir=leases_dir,
         )
 
     def policy_fields(self, doc: dict[str, Any], where: str) -> dict[str, Any]:
@@ -152,9 +178,30 @@ class _Reader:
                     patterns.append((key, re.compile(regex)))
                 except re.error as e:
                     raise self.fail(f"{at}.match.annotations.{key}", f"bad regex: {e}") from None
+            lease_doc = doc.pop("leases", None)
             overrides = self.policy_fields(doc, at)
+            if lease_doc is not None:
+                if not isinstance(lease_doc, dict):
+                    raise self.fail(f"{at}.leases", "expected a table (mode, max-per-gpu)")
+                overrides["leases"] = self.lease_policy(dict(lease_doc), f"{at}.leases",
+                                                        self.base_leases)
             rules.append(Rule(name, tuple(patterns), overrides))
         return tuple(rules)
+
+    def lease_policy(self, doc: dict[str, Any], where: str, base: LeasePolicy) -> LeasePolicy:
+        """A rule's table overrides only the keys it names, so a rule can share what the
+        base policy leases exclusively and still inherit the rest."""
+        self.only(doc, where, {"mode", "max-per-gpu"})
+        mode = self.choice(doc.get("mode", base.mode.value), f"{where}.mode", LeaseMode)
+        cap = doc.get("max-per-gpu", base.max_per_gpu)
+        if isinstance(cap, bool) or not isinstance(cap, int) or not 1 <= cap <= 1024:
+            raise self.fail(f"{where}.max-per-gpu", f"expected an integer in 1..1024, got {cap!r}")
+        return LeasePolicy(mode, cap)
+
+    def leases_dir(self, value: Any) -> Path:
+        if not isinstance(value, str) or not os.path.isabs(value):
+            raise self.fail("leases.dir", f"expected an absolute path, got {value!r}")
+        return Path(value)
 
     def inventory(self, doc: dict[str, Any]) -> InventorySettings:
         self.only(doc, "inventory", {"source", "file", "timeout"})

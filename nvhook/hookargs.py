@@ -11,8 +11,10 @@ import os
 
 # Stages where NVIDIA's hook does nothing, and so does nvhook. createContainer
 # runs inside the container's mount namespace: acting there is never safe.
-NOOP_STAGES = frozenset({"poststart", "poststop", "createContainer", "startContainer"})
-HOOK_STAGES = frozenset({"prestart", "createRuntime"})
+NOOP_STAGES = frozenset({"poststart", "createContainer", "startContainer"})
+# poststop releases the container's GPU leases; a container that asked for no GPU
+# leaves there on the fast path, without touching the lease table.
+HOOK_STAGES = frozenset({"prestart", "createRuntime", "poststop"})
 
 
 def normalize_argv(argv: list[str]) -> list[str]:

@@ -11,7 +11,7 @@ Denying writes ``void``; deleting the variable would re-enable the legacy ``all`
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -90,7 +90,10 @@ def needs_inventory(request: Request) -> bool:
 
 
 def decide(request: Request, inventory: Inventory | InventoryError, policy: Policy,
-           spec: Spec) -> Decision:
+           spec: Spec, held: Mapping[str, str] | None = None) -> Decision:
+    """``held``: lower-cased UUID -> why that device cannot be leased to this container
+    (``leases`` computes it under the table's lock); such a device is a violation of
+    ``policy.leases``, so rewrite mode keeps the leasable rest."""
     if not request.asks_for_devices:
         return Decision(Outcome.SKIP, policy, env=spec.env)
     if isinstance(inventory, InventoryError):
@@ -99,11 +102,13 @@ def decide(request: Request, inventory: Inventory | InventoryError, policy: Poli
                                "fail closed")
             return Decision(Outcome.DENY, policy, violations=(failed,), env=spec.env)
         inventory = Inventory((), (), None, source="none")
-    return _Judge(request, inventory, policy, spec).decide()
+    return _Judge(request, inventory, policy, spec, held or {}).decide()
 
 
 class _Judge:
-    def __init__(self, request: Request, inventory: Inventory, policy: Policy, spec: Spec):
+    def __init__(self, request: Request, inventory: Inventory, policy: Policy, spec: Spec,
+                 held: Mapping[str, str]):
+        self.held = held
         self.request = request
         self.inventory = inventory
         self.policy = policy
@@ -268,6 +273,9 @@ class _Judge:
             return False
         if allow and uuid not in allow and parent not in allow:
             self.violate(label, f"{device.uuid} is not on the allow list", self.rule("allow"))
+            return False
+        if uuid in self.held:
+            self.violate(label, self.held[uuid], self.rule("leases"))
             return False
         return True
 

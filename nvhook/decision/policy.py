@@ -48,6 +48,24 @@ class DeviceNodes(StrEnum):
     DENY = "deny"
 
 
+class LeaseMode(StrEnum):
+    OFF = "off"  # no lease table: nothing changes for nodes that do not ask for it
+    EXCLUSIVE = "exclusive"  # one container per device
+    SHARED = "shared"  # up to max-per-gpu containers per device
+
+
+@dataclass(frozen=True)
+class LeasePolicy:
+    """``[leases]`` (or a rule's ``leases`` table): how devices are leased to containers."""
+
+    mode: LeaseMode = LeaseMode.OFF
+    max_per_gpu: int = 1  # only for SHARED
+
+    @property
+    def active(self) -> bool:
+        return self.mode is not LeaseMode.OFF
+
+
 @dataclass(frozen=True)
 class Policy:
     """Field names are the TOML keys with ``-`` spelled ``_``."""
@@ -63,6 +81,7 @@ class Policy:
     driver_capabilities: tuple[str, ...] = ALL_DRIVER_CAPABILITIES
     mig_config: MigConfig = MigConfig.PRIVILEGED
     device_nodes: DeviceNodes = DeviceNodes.ACCEPT
+    leases: LeasePolicy = LeasePolicy()
     rule: str | None = None  # the [[policy.rules]] entry that produced this policy
 
     def with_overrides(self, overrides: Mapping[str, Any], rule: str) -> Policy:

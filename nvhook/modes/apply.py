@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import copy
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from nvhook import audit
@@ -80,11 +80,12 @@ def may_request_gpu(doc: dict[str, Any], config_option: str | None) -> bool:
     return swarm is None or spec_mod.may_request_gpu(doc, swarm)
 
 
-def record(config: Config, evaluation: Evaluation, container_id: str, stage: str) -> None:
+def record(config: Config, evaluation: Evaluation, container_id: str, stage: str,
+           leases: Mapping[str, Any] | None = None) -> None:
     """Audit every judged request; a failing audit log is a warning, never a failed start."""
     if not config.audit_path or evaluation.decision.outcome is Outcome.SKIP:
         return
-    entry = audit.record(evaluation, container_id, stage, evaluation.spec.annotations)
+    entry = audit.record(evaluation, container_id, stage, evaluation.spec.annotations, leases)
     try:
         audit.append(config.audit_path, entry)
     except OSError as e:

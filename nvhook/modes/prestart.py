@@ -18,9 +18,12 @@ from nvhook import config as config_mod
 from nvhook.config import Config
 from nvhook.decision.decide import Outcome
 from nvhook.decision.evaluate import Evaluation, evaluate
-from nvhook.errors import DelegateError, DeniedError
+from nvhook.errors import DelegateError, DeniedError, NvhookError
 from nvhook.exits import guard
-from nvhook.hookargs import config_option
+from nvhook.hookargs import config_option, stage_word
+from nvhook.leases import liveness
+from nvhook.leases import step as lease_step
+from nvhook.leases.rules import Holder
 from nvhook.nvidia import delegate
 from nvhook.oci import spec as spec_mod
 from nvhook.oci import state as state_mod
@@ -37,7 +40,8 @@ class Handover:
     warnings: tuple[str, ...] = ()
 
 
-def prestart(raw: bytes, config: Config, preloaded: Preloaded | None = None) -> Handover:
+def prestart(raw: bytes, config: Config, preloaded: Preloaded | None = None,
+             stage: str | None = "prestart") -> Handover:
     if preloaded is not None:
         state_mod.validate(preloaded.state_doc)
         state_doc = preloaded.state_doc
@@ -45,13 +49,18 @@ def prestart(raw: bytes, config: Config, preloaded: Preloaded | None = None) -> 
         state_doc = state_mod.decode(raw)
         state_mod.validate(state_doc)
     bundle = Path(state_mod.bundle_of(state_doc) or "")
+    if stage == "poststop" or stopped(state_doc):
+        return Handover(None, raw, poststop(config, state_doc))
     config_path = bundle / spec_mod.CONFIG_NAME
     if preloaded is not None:
         spec = spec_mod.from_preloaded(config_path, preloaded.spec_doc)
     else:
         spec = spec_mod.load(bundle)
     evaluation = evaluate(spec, config)
-    warnings = _audit(config, evaluation, state_doc)
+    pid = state_doc.get("pid") if isinstance(state_doc.get("pid"), int) else None
+    holder = Holder(str(state_doc.get("id")), str(bundle), pid, liveness.start_time(pid))
+    evaluation, leased = lease_step.acquire(evaluation, config, holder)
+    warnings = _audit(config, evaluation, state_doc, leased)
     decision = evaluation.decision
     if decision.outcome is Outcome.SKIP:
         return Handover(None, raw, warnings)
@@ -69,12 +78,38 @@ def prestart(raw: bytes, config: Config, preloaded: Preloaded | None = None) -> 
     return Handover(path, raw, warnings)
 
 
-def _audit(config: Config, evaluation: Evaluation, state_doc: dict[str, Any]) -> tuple[str, ...]:
+def stopped(state_doc: dict[str, Any]) -> bool:
+    """The poststop stage: a hooks.d file lists one hook for several stages with the same
+    args, so the state's status, not argv, tells which stage this is."""
+    return state_doc.get("status") == "stopped"
+
+
+def poststop(config: Config, state_doc: dict[str, Any]) -> tuple[str, ...]:
+    """Release the container's leases. -> warnings: a failed release is reported and
+    left to the next acquire's reconciliation, never turned into a failure."""
+    container = str(state_doc.get("id"))
+    try:
+        released = lease_step.release(config, container)
+    except NvhookError as e:
+        return (f"warning: leases not released: {e.message}",)
+    if not released or not config.audit_path:
+        return ()
+    try:
+        audit.append(config.audit_path, audit.release_record(container, "poststop",
+                                                             [x.device for x in released]))
+    except OSError as e:
+        return (f"warning: audit log {config.audit_path}: {e.strerror or e}",)
+    return ()
+
+
+def _audit(config: Config, evaluation: Evaluation, state_doc: dict[str, Any],
+           leased: lease_step.LeaseStep | None = None) -> tuple[str, ...]:
     """-> warnings. An audit failure is reported, never turned into a failed start."""
     if not config.audit_path or evaluation.decision.outcome is Outcome.SKIP:
         return ()
     annotations = {**evaluation.spec.annotations, **(state_doc.get("annotations") or {})}
-    entry = audit.record(evaluation, str(state_doc.get("id")), "prestart", annotations)
+    entry = audit.record(evaluation, str(state_doc.get("id")), "prestart", annotations,
+                         leased.as_json() if leased is not None else None)
     try:
         audit.append(config.audit_path, entry)
     except OSError as e:
@@ -87,7 +122,7 @@ def run(argv: list[str], raw: bytes, preloaded: Preloaded | None) -> NoReturn:
 
     def go() -> NoReturn:
         config = config_mod.load(config_option(argv))
-        handover = prestart(raw, config, preloaded)
+        handover = prestart(raw, config, preloaded, stage_word(argv))
         for warning in handover.warnings:
             print(f"nvhook: {one_line(warning)}", file=sys.stderr)
         if handover.path is None:

@@ -31,6 +31,8 @@ from nvhook.decision.decide import Outcome
 from nvhook.decision.evaluate import Evaluation, evaluate
 from nvhook.decision.request import Kind, parse
 from nvhook.errors import DelegateError, UsageError
+from nvhook.leases import step as lease_step
+from nvhook.leases.rules import Holder
 from nvhook.modes.apply import decided_document, may_request_gpu, record
 from nvhook.nvidia import delegate
 from nvhook.oci import spec as spec_mod
@@ -261,19 +263,31 @@ def _has_nvidia_hook(doc: Mapping[str, Any]) -> bool:
 
 def with_prestart_hook(doc: dict[str, Any], nvhook: Path, config: Config) -> dict[str, Any]:
     """Append nvhook's own prestart hook, which re-checks and hands over to NVIDIA's."""
+    return _with_hook(doc, "prestart", nvhook, config)
+
+
+def with_poststop_hook(doc: dict[str, Any], nvhook: Path, config: Config) -> dict[str, Any]:
+    """Append nvhook's poststop hook, which releases the container's GPU leases
+    (runc runs it on ``delete``). Once: a second create of the bundle adds no copy."""
+    return _with_hook(doc, "poststop", nvhook, config)
+
+
+def _with_hook(doc: dict[str, Any], stage: str, nvhook: Path, config: Config) -> dict[str, Any]:
     args = ["nvhook"]
     if config.path is not None:
         # The hook gets only PATH in its env, so NVHOOK_CONFIG would not reach it.
         args += ["--config", str(config.path)]
-    args.append("prestart")
+    args.append(stage)
     out = copy.deepcopy(doc)
     hooks = out.get("hooks")
     if not isinstance(hooks, dict):
         hooks = out["hooks"] = {}
-    prestart = hooks.get("prestart")
-    if not isinstance(prestart, list):
-        prestart = hooks["prestart"] = []
-    prestart.append({"path": str(nvhook), "args": args, "env": [f"PATH={SAFE_PATH}"]})
+    entries = hooks.get(stage)
+    if not isinstance(entries, list):
+        entries = hooks[stage] = []
+    entry = {"path": str(nvhook), "args": args, "env": [f"PATH={SAFE_PATH}"]}
+    if stage != "poststop" or entry not in entries:
+        entries.append(entry)
     return out
 
 
@@ -351,10 +365,18 @@ def prepare_create(call: RuntimeCall, config_option: str | None) -> str | None:
     config = config_mod.load(config_option)
     spec = spec_mod.from_document(path, doc)
     evaluation = evaluate(spec, config)
-    record(config, evaluation, call.container_id or "", f"runtime-{call.subcommand}")
+    # No pid before create: the lease is bound to the bundle until nvhook's prestart
+    # hook (inserted below) records the container's init pid.
+    bundle = (call.bundle or path.parent).absolute()
+    holder = Holder(call.container_id or "", str(bundle), None, None)
+    evaluation, leased = lease_step.acquire(evaluation, config, holder)
+    record(config, evaluation, call.container_id or "", f"runtime-{call.subcommand}",
+           leased.as_json() if leased is not None else None)
     new = decided_document(evaluation)
     if wants_nvidia_hook(evaluation, new, config):
         new = with_prestart_hook(new, nvhook_executable(), config)
+    if leased is not None and leased.held:
+        new = with_poststop_hook(new, nvhook_executable(), config)
     if new != spec.doc:
         spec_mod.write_atomic(path, new)
     return config.runtime_path

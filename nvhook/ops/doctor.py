@@ -65,7 +65,7 @@ def run(opts: Options) -> tuple[Check, ...]:
     checks = [*_inventory(config), *_delegate(config), _nvidia_mode(opts, config)]
     checks += _hooks_d(opts, config)
     checks += _engines(opts)
-    checks += [policy_check, _audit(config), *_install()]
+    checks += [policy_check, _audit(config), _leases(config), *_install()]
     return tuple(checks)
 
 
@@ -279,6 +279,28 @@ def _audit(config: Config) -> Check:
         return Check(Level.OK, "audit", f"{path}: will be created")
     except OSError as e:
         return Check(Level.FAIL, "audit", f"{path}: not writable: {e.strerror}", fix)
+
+
+def _leases(config: Config) -> Check:
+    """The lease table, and the stale leases the next acquire would reclaim."""
+    if not config.leases_anywhere:
+        return Check(Level.OK, "leases", 'off (leases.mode = "off" and no rule leases)')
+    from nvhook.leases import step as lease_step
+    from nvhook.safetext import one_line
+
+    try:
+        table, stale = lease_step.listing(config)
+    except NvhookError as e:
+        return Check(Level.FAIL, "leases", e.message, "every GPU request under a lease "
+                     "policy is denied until the table is fixed or removed")
+    where = config.leases_dir
+    if stale:
+        items = "; ".join(f"{device} of container {one_line(container)}: {why}"
+                          for (device, container), why in sorted(stale.items()))
+        return Check(Level.WARN, "leases", f"{where}: {len(table.leases)} lease(s), "
+                     f"{len(stale)} stale, would reclaim: {items}",
+                     "nothing to do: the next GPU container start reclaims them")
+    return Check(Level.OK, "leases", f"{where}: {len(table.leases)} lease(s), none stale")
 
 
 def _install() -> list[Check]:

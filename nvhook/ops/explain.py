@@ -7,6 +7,7 @@ from typing import Any
 from nvhook.decision.evaluate import Evaluation
 from nvhook.decision.request import env_map, to_json
 from nvhook.errors import InventoryError
+from nvhook.leases.step import LeaseStep
 from nvhook.safetext import one_line
 
 
@@ -14,10 +15,10 @@ def nvidia_env(env: tuple[str, ...]) -> dict[str, str]:
     return {k: v for k, v in env_map(env).items() if k.startswith("NVIDIA_")}
 
 
-def as_json(e: Evaluation) -> dict[str, Any]:
+def as_json(e: Evaluation, leases: LeaseStep | None = None) -> dict[str, Any]:
     d = e.decision
     inventory = e.inventory
-    return {
+    out = {
         "bundle": str(e.spec.bundle),
         "decision": d.outcome.value,
         "request": to_json(e.request),
@@ -30,9 +31,30 @@ def as_json(e: Evaluation) -> dict[str, Any]:
             else inventory.as_json() if inventory is not None else None
         ),
     }
+    if d.policy.leases.active:
+        out["leases"] = {"mode": d.policy.leases.mode.value,
+                         "max_per_gpu": d.policy.leases.max_per_gpu,
+                         **(leases.as_json() if leases is not None else {})}
+    return out
 
 
-def as_text(e: Evaluation) -> str:
+def lease_rows(e: Evaluation, leases: LeaseStep | None) -> list[tuple[str, str]]:
+    """Which leases the container would take, and which it collides with."""
+    policy = e.decision.policy.leases
+    if not policy.active:
+        return []
+    mode = policy.mode.value + (f", max-per-gpu {policy.max_per_gpu}"
+                                if policy.mode.value == "shared" else "")
+    rows = [("leases", mode)]
+    if leases is not None:
+        rows.append(("would lease", ", ".join(x.device for x in leases.held) or "-"))
+        rows += [("collides", c) for c in leases.collisions]
+        rows += [("stale", f"{s.lease.device} of container {one_line(s.lease.container)}: {s.why} "
+                  "(reclaimed at the next start)") for s in leases.reclaimed]
+    return rows
+
+
+def as_text(e: Evaluation, leases: LeaseStep | None = None) -> str:
     d = e.decision
     r = e.request
     rows: list[tuple[str, str]] = [
@@ -49,6 +71,7 @@ def as_text(e: Evaluation) -> str:
                                                  else "")))
     rows.append(("granted", ", ".join(d.granted) or "-"))
     rows += [("reason", reason) for reason in d.reasons]
+    rows += lease_rows(e, leases)
     after = nvidia_env(d.env)
     rows += [("env after", f"{k}={v}") for k, v in after.items()] or [("env after", "-")]
     width = max(len(k) for k, _ in rows)

@@ -212,7 +212,8 @@ def hook_document(nvhook_path: Path) -> dict[str, Any]:
             "timeout": 10,
         },
         "when": {"always": True},
-        "stages": ["prestart"],
+        # poststop releases GPU leases; the same args run there (the state says "stopped").
+        "stages": ["prestart", "poststop"],
     }
 
 
