@@ -32,12 +32,6 @@ DEFAULT_PATH = Path("/etc/nvhook/config.toml")
 CONFIG_ENV = "NVHOOK_CONFIG"
 DEFAULT_AUDIT_PATH = "/var/log/nvhook/audit.jsonl"
 DEFAULT_LEASES_DIR = Path("/run/nvhook/leases")  # tmpfs: a reboot clears it
-# `[leases]` keys; a rule's `leases` table takes the same ones but `dir`.
-LEASE_KEYS: dict[str, str] = {
-    "mode": '"off" | "exclusive" | "shared": lease devices to containers (default "off")',
-    "max-per-gpu": "containers that may share one device in shared mode (default 1)",
-    "dir": f"the lease table's directory, on a tmpfs (default {DEFAULT_LEASES_DIR})",
-}
 
 
 class InventorySource(StrEnum):
@@ -123,6 +117,7 @@ class _Reader:
         policy_doc = self.table(doc, "policy")
         rules_doc = policy_doc.pop("rules", [])
         leases_doc = self.table(doc, "leases")
+        self.only(leases_doc, "leases", {"mode", "max-per-gpu", "dir"})
         leases_dir = self.leases_dir(leases_doc.pop("dir", str(DEFAULT_LEASES_DIR)))
         self.base_leases = self.lease_policy(leases_doc, "leases", LeasePolicy())
         policy = Policy(**self.policy_fields(policy_doc, "policy"), leases=self.base_leases)

@@ -59,6 +59,7 @@ TABLES: dict[str, str] = {
     "audit": "the audit log",
     "runtime": "the runtime shim (Docker, containerd)",
     "request": "how a request is read, as NVIDIA's hook reads it",
+    "leases": "node-local GPU leases for nodes without a scheduler (docs/leases.md)",
 }
 
 P = p.Policy()
@@ -101,6 +102,9 @@ KEYS: tuple[Key, ...] = (
     Key("policy.rules[]", "match.annotations", "table of strings", None,
         "annotation name -> regex; all must match the whole value",
         unset="required", example='{ "io.kubernetes.pod.namespace" = "batch-.*" }'),
+    Key("policy.rules[]", "leases", "table", None,
+        "overrides [leases] mode and max-per-gpu for this rule (only the keys it names)",
+        unset="[leases] applies", example='{ mode = "shared", max-per-gpu = 4 }'),
     # -- [inventory] ------------------------------------------------------------
     Key("inventory", "source", "string", "nvml",
         "nvml: ask the driver; file: read the JSON inventory at inventory.file",
@@ -130,6 +134,14 @@ KEYS: tuple[Key, ...] = (
     Key("request", "swarm-resource", "array of strings", [],
         "NVIDIA's swarm-resource: env names read instead of NVIDIA_VISIBLE_DEVICES (a "
         "comma-separated string is accepted too)"),
+    # -- [leases] ---------------------------------------------------------------
+    Key("leases", "mode", "string", P.leases.mode.value,
+        "off: no leases; exclusive: one container per device; shared: up to max-per-gpu "
+        "containers per device", _values(p.LeaseMode)),
+    Key("leases", "max-per-gpu", "integer", P.leases.max_per_gpu,
+        "containers that may share one device in shared mode, 1..1024"),
+    Key("leases", "dir", "string", "/run/nvhook/leases",
+        "the lease table's directory; keep it on a tmpfs, so a reboot clears it"),
 )
 
 

@@ -71,7 +71,8 @@ def test_every_key_the_reader_accepts_is_in_the_table(monkeypatch: pytest.Monkey
             expected = want["policy"] - {"rules"}
             got = seen.get(table, set())
             assert got == expected, f"[[policy.rules]] overrides: {sorted(got ^ expected)}"
-            assert rule_own == {"name", "match.annotations"}
+            # leases is taken out too: its own table (mode, max-per-gpu), not a [policy] key.
+            assert rule_own == {"name", "match.annotations", "leases"}
             continue
         got = seen.get(table, set())
         missing = sorted(got - expected)
