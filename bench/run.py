@@ -300,6 +300,50 @@ def bench_hook_paths(node: Node, rounds: int) -> tuple[list[Row], list[Variant]]
     return rows, vs
 
 
+def bench_leases(node: Node, rounds: int) -> tuple[list[Row], list[Variant]]:
+    """The GPU path with an exclusive lease (lock, read, reconcile, decide again, atomic
+    write), and the no-GPU path under a lease policy, which must never touch the table."""
+    leases = node.tmp / "leases"
+    untouched = node.tmp / "leases-nogpu"
+    base = node.config.read_text()
+    config = node.tmp / "config-leases.toml"
+    config.write_text(base + f'\n[leases]\nmode = "exclusive"\ndir = "{leases}"\n')
+    config_nogpu = node.tmp / "config-leases-nogpu.toml"
+    config_nogpu.write_text(base + f'\n[leases]\nmode = "exclusive"\ndir = "{untouched}"\n')
+    allow = node.bundle(["PATH=/bin", f"NVIDIA_VISIBLE_DEVICES={fakenvml.GPU0_UUID}"])
+    nogpu = node.bundle(["PATH=/bin:/usr/bin", "HOME=/root", "TERM=xterm"])
+
+    def hook(name: str, cfg: Path, bundle: Path) -> Variant:
+        # One container id and a live pid (this process): each round re-leases the same
+        # GPU to the same holder, so every round does the whole locked update.
+        state = bundle / "state-lease.json"
+        state.write_text(json.dumps({"ociVersion": "1.0.2-dev", "id": "bench-lease",
+                                     "status": "creating", "pid": os.getpid(),
+                                     "bundle": str(bundle)}))
+        argv = [str(node.nvhook), "--config", str(cfg), "prestart"]
+        return Variant(name, lambda: list(argv), node.env(), state)
+
+    v_plain = node.hook("hook, GPU allow (no leases)", allow)
+    v_lease = hook("hook, GPU allow + exclusive lease", config, allow)
+    v_nogpu = hook("hook, no GPU, leases on", config_nogpu, nogpu)
+    vs = [v_plain, v_lease, v_nogpu]
+    measure(vs, rounds, node.tmp)
+    ok = valid(v_lease) and median_ms(v_lease.ns) <= 100
+    held = (leases / "leases.json").exists()
+    rows = [
+        Row("3 GPU path", "GPU allow + exclusive lease, absolute", fmt(v_lease), "-", None,
+            "<= 100 ms", ok and held, {"measured": v_lease.summary(), "limit_ms": 100,
+                                       "table_written": held}),
+        ratio_row("3 GPU path", "GPU allow + lease vs GPU allow without", v_lease, v_plain,
+                  None),
+        Row("1 no-GPU path", "no-GPU hook under a lease policy never touches the table",
+            fmt(v_nogpu), "-", None, "table dir absent", valid(v_nogpu) and
+            not untouched.exists(), {"measured": v_nogpu.summary(),
+                                     "table_dir_exists": untouched.exists()}),
+    ]
+    return rows, vs
+
+
 def bench_memory(node: Node, rounds: int) -> tuple[list[Row], list[Variant]]:
     """Peak RSS of each path, each run under the small RSS probe (see RSS_PROBE_C)."""
     probe = node.tmp / "rss-probe"
@@ -555,6 +599,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         steps: list[tuple[str, Callable[[], tuple[list[Row], Any]]]] = [
             ("hook paths", lambda: bench_hook_paths(node, args.rounds)),
             ("growth", lambda: bench_growth(node, args.rounds)),
+            ("leases", lambda: bench_leases(node, args.rounds)),
             ("concurrency", lambda: bench_concurrency(node, args.concurrency_rounds)),
             ("memory", lambda: bench_memory(node, max(3, args.rounds // 6))),
         ]

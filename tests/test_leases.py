@@ -561,3 +561,31 @@ def test_hook_killed_in_the_middle_of_an_acquire(node: Node, tmp_path: Path,
     assert start(node, tmp_path, "next", containers.start("next"), GPU0).returncode == 0
     assert holders(node) == {GPU1: ["keep"], GPU0: ["next"]}
     assert sorted(p.name for p in (node.root / "leases").iterdir()) == ["leases.json", "lock"]
+
+
+def test_audit_mode_lets_a_collision_through_but_never_records_a_second_holder(
+        node: Node, tmp_path: Path, containers: Containers) -> None:
+    lease_config(node, policy='mode = "audit"')
+    assert start(node, tmp_path, "a", containers.start("a"), GPU0).returncode == 0
+    proc = start(node, tmp_path, "b", containers.start("b"), f"{GPU0},{GPU1}")
+    assert proc.returncode == 0, proc.stderr
+    assert holders(node) == {GPU0: ["a"], GPU1: ["b"]}
+    entry = node.audit_lines()[-1]
+    assert entry["leases"]["held"] == [GPU1]
+    assert entry["leases"]["collisions"] == [f"{GPU0} is leased exclusively by container a"]
+    assert any("(policy.leases)" in r for r in entry["reasons"])
+
+
+def test_holder_named_in_one_line_even_with_control_characters(
+        node: Node, tmp_path: Path, containers: Containers) -> None:
+    lease_config(node)
+    assert start(node, tmp_path, "evil", containers.start("evil"), GPU0).returncode == 0
+    table = node.root / "leases" / "leases.json"
+    doc = json.loads(table.read_text())
+    doc["leases"][0]["container"] = "evil\nnvhook: allowed"
+    table.write_text(json.dumps(doc))
+    proc = start(node, tmp_path, "next", containers.start("next"), GPU0)
+    assert proc.returncode == 3
+    assert proc.stderr.decode().splitlines() == [
+        f"nvhook: denied: NVIDIA_VISIBLE_DEVICES={GPU0}: {GPU0} is leased exclusively by "
+        "container evil\\x0anvhook: allowed (policy.leases)"]
