@@ -8,6 +8,7 @@ import contextlib
 import ctypes
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -313,3 +314,66 @@ def test_shim_leases_at_create_binds_the_pid_and_releases_at_delete(
         runc_cmd("delete", "--force", first)
         runc_cmd("delete", "--force", second)
     assert node.holders() == {}
+
+
+# -- Docker: the shim in dockerd's containerd ------------------------------------------------
+
+
+def test_docker_second_exclusive_container_runs_after_the_first_is_removed(
+        rootfs: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from nvhook.cli import app
+
+    from .daemons import docker_available, short_tempdir, start_docker, start_or_skip
+    from .engine_setup import GPUS, make_node
+    from .harness import Recorder, write_recording_delegate
+
+    base = short_tempdir("nvh-lse-")
+    docker = None
+    try:
+        recorder = Recorder(path=write_recording_delegate(
+            base / "delegate" / "nvidia-container-runtime-hook", base / "record"),
+            record_dir=base / "record")
+        eng = make_node(base / "node", recorder, mode="enforce")
+        leases = base / "leases"
+        with eng.config.open("a") as f:
+            f.write(f'[leases]\nmode = "exclusive"\ndir = "{leases}"\n')
+        prefix = base / "prefix"
+        result = CliRunner().invoke(app, ["--config", str(eng.config), "install", "--engine",
+                                          "docker", "--prefix", str(prefix), "--nvhook-path",
+                                          str(eng.nvhook)])
+        assert result.exit_code == 0, result.output
+        docker = start_or_skip("dockerd", docker_available(),
+                               lambda: start_docker(prefix / "etc/docker/daemon.json", base))
+        tar = subprocess.run(["tar", "-C", str(rootfs), "-c", "."], capture_output=True,
+                             check=True, timeout=120)
+        imported = subprocess.run([docker.docker_binary, "--host", docker.host, "import", "-",
+                                   "nvhook-lease/busybox:1"], input=tar.stdout,
+                                  capture_output=True, timeout=300, check=False)
+        assert imported.returncode == 0, imported.stderr.decode()
+        run = ("run", "--network", "none", "--runtime=nvhook", "-e",
+               f"NVIDIA_VISIBLE_DEVICES={GPUS[0]}")
+        # The container's own command holds it alive until `docker rm -f`.
+        first = docker.docker(*run, "-d", "nvhook-lease/busybox:1", "/bin/sleep", "100000")
+        assert first.returncode == 0, first.stderr
+        first_id = first.stdout.strip()
+        table = json.loads((leases / "leases.json").read_text())["leases"]
+        assert [(x["device"], x["container"]) for x in table] == [(GPUS[0], first_id)]
+        assert table[0]["pid"] is not None  # nvhook's inserted prestart hook bound the pid
+        denied = docker.docker(*run, "--rm", "nvhook-lease/busybox:1", "/bin/echo", "ran")
+        assert denied.returncode != 0
+        assert f"{GPUS[0]} is leased exclusively by container {first_id} (policy.leases)" \
+            in denied.stderr, denied.stderr
+        removed = docker.docker("rm", "-f", first_id)
+        assert removed.returncode == 0, removed.stderr
+        # containerd's `runc delete` ran the poststop hook the shim inserted.
+        assert json.loads((leases / "leases.json").read_text())["leases"] == []
+        ran = docker.docker(*run, "--rm", "nvhook-lease/busybox:1", "/bin/echo", "ran")
+        assert ran.returncode == 0, ran.stderr
+        assert "ran" in ran.stdout.splitlines()
+        assert json.loads((leases / "leases.json").read_text())["leases"] == []
+    finally:
+        if docker is not None:
+            docker.stop()
+        shutil.rmtree(base, ignore_errors=True)
