@@ -9,7 +9,6 @@ inventory is needed, and jsonschema only to word an invalid state's error.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -68,7 +67,7 @@ def fast_path(raw: bytes, config_option: str | None) -> bool | Preloaded | None:
             return None
         # Decode as UTF-8 explicitly: json.loads(bytes) would also take UTF-16/32,
         # which the full path rejects.
-        state = json.loads(raw.decode("utf-8"))
+        state = loads_spec(raw.decode("utf-8"))  # NVIDIA's hook reads it with Go's JSON too
         if not state_looks_valid(state):
             return None
         bundle = state.get("bundle", state.get("bundlePath"))

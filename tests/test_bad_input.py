@@ -72,6 +72,13 @@ STDIN_CASES: dict[str, Callable[[Path], bytes]] = {
     "pid-bool": lambda b: state(b, pid=True),
     "annotations-non-string": lambda b: state(b, annotations={"a": 1}),
     "annotations-list": lambda b: state(b, annotations=["a"]),
+    # What Go (NVIDIA's hook reads the state too) would read otherwise, or Python cannot use.
+    "pid-5000-digits": lambda b: state(b).replace(b'"pid": 42', b'"pid": ' + b"4" * 5000),
+    "pid-nan": lambda b: state(b).replace(b'"pid": 42', b'"pid": NaN'),
+    "bundle-lone-surrogate": lambda b: state(str(b) + "\ud800"),
+    "id-lone-surrogate": lambda b: state(b, id="c\udfff"),
+    "bundle-and-Bundle": lambda b: state(b)[:-1] + b', "Bundle": "/elsewhere"}',
+    "bundle-twice": lambda b: state(b)[:-1] + b', "bundle": "/elsewhere"}',
 }
 
 

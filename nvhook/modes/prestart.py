@@ -43,6 +43,7 @@ class Handover:
 def prestart(raw: bytes, config: Config, preloaded: Preloaded | None = None,
              stage: str | None = "prestart") -> Handover:
     if preloaded is not None:
+        state_mod.check(preloaded.state_doc)
         state_mod.validate(preloaded.state_doc)
         state_doc = preloaded.state_doc
     else:

@@ -70,7 +70,7 @@ class _LongInt:
         self.digits = digits
 
 
-def _pairs_hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+def pairs_hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     obj = dict(pairs)
     if len(obj) == len(pairs):
         return obj
@@ -79,7 +79,7 @@ def _pairs_hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return dup
 
 
-def _parse_int(text: str) -> int | _LongInt:
+def parse_int(text: str) -> int | _LongInt:
     if len(text) > MAX_INT_DIGITS:
         return _LongInt(len(text.lstrip("-")))
     return int(text)
@@ -91,7 +91,7 @@ def loads(text: str, where: str) -> dict[str, Any] | Any:
     Raises json.JSONDecodeError and RecursionError as ``json.loads`` does, so the
     caller words those; ``DeniedError``/``SpecError`` for what Go would read otherwise.
     """
-    doc = json.loads(text, object_pairs_hook=_pairs_hook, parse_int=_parse_int,
+    doc = json.loads(text, object_pairs_hook=pairs_hook, parse_int=parse_int,
                      parse_constant=float)
     check(doc, where)
     return doc

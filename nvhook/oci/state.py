@@ -9,7 +9,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from nvhook.errors import StateError
+from nvhook.errors import DeniedError, SpecError, StateError
+from nvhook.oci import gojson
 from nvhook.oci.scan import MAX_STATE_BYTES, state_looks_valid
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "oci-state.json"
@@ -41,7 +42,8 @@ def decode(raw: bytes) -> dict[str, Any]:
     if len(raw) > MAX_STATE_BYTES:
         raise StateError(f"stdin: {len(raw)} bytes, more than an OCI state can be")
     try:
-        doc = json.loads(raw.decode("utf-8"))
+        doc = json.loads(raw.decode("utf-8"), object_pairs_hook=gojson.pairs_hook,
+                         parse_int=gojson.parse_int, parse_constant=float)
     except UnicodeDecodeError as e:
         raise StateError(f"stdin: not UTF-8 at byte {e.start}") from None
     except json.JSONDecodeError as e:
@@ -51,7 +53,18 @@ def decode(raw: bytes) -> dict[str, Any]:
         raise StateError("stdin: JSON nested too deeply") from None
     if not isinstance(doc, dict):
         raise StateError(f"stdin: expected a JSON object, got {type(doc).__name__}")
+    check(doc)
     return doc
+
+
+def check(doc: dict[str, Any]) -> None:
+    """NVIDIA's hook reads the state with Go's JSON too (``bundle``, ``pid``): refuse what
+    it could read otherwise (``gojson.check``), and what Python cannot handle (a lone
+    surrogate in the bundle path cannot even be opened), as a state error."""
+    try:
+        gojson.check(doc, "stdin")
+    except (DeniedError, SpecError) as e:
+        raise StateError(e.message) from None
 
 
 def bundle_of(doc: Mapping[str, Any]) -> str | None:
