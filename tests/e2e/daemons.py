@@ -120,6 +120,47 @@ def start_or_skip(name: str, why_not: str | None, start: Callable[[], T]) -> T:
         pytest.skip(f"{name} cannot start here: {e}")
 
 
+def oci_archive(rootfs: Path, name: str) -> bytes:
+    """An OCI image layout tarball (one uncompressed layer: ``rootfs``) that `ctr images
+    import` reads, named ``name`` through containerd's image-name annotation."""
+    import hashlib
+    import io
+    import json
+    import tarfile
+
+    layer = subprocess.run(["tar", "-C", str(rootfs), "-c", "."], capture_output=True,
+                           check=True, timeout=120).stdout
+
+    def digest(data: bytes) -> str:
+        return "sha256:" + hashlib.sha256(data).hexdigest()
+
+    config = json.dumps({"architecture": "amd64", "os": "linux",
+                         "config": {"Env": ["PATH=/bin"], "Cmd": ["/bin/sh"]},
+                         "rootfs": {"type": "layers", "diff_ids": [digest(layer)]}}).encode()
+    manifest = json.dumps({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": digest(config), "size": len(config)},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
+                    "digest": digest(layer), "size": len(layer)}],
+    }).encode()
+    index = json.dumps({"schemaVersion": 2, "manifests": [{
+        "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digest(manifest),
+        "size": len(manifest), "platform": {"architecture": "amd64", "os": "linux"},
+        "annotations": {"io.containerd.image.name": name,
+                        "org.opencontainers.image.ref.name": name.rsplit(":", 1)[-1]}}]})
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tar:
+        files = {"oci-layout": b'{"imageLayoutVersion":"1.0.0"}', "index.json": index.encode()}
+        for blob in (layer, config, manifest):
+            files[f"blobs/sha256/{digest(blob).split(':')[1]}"] = blob
+        for path, data in files.items():
+            info = tarfile.TarInfo(path)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
 def short_tempdir(prefix: str) -> Path:
     """A temp dir with a short path: a unix socket path must fit in 108 bytes."""
     return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
@@ -216,8 +257,22 @@ class Docker:
                     self.docker("rm", "-f", *ids)
         finally:
             self.daemon.stop()
+            # dockerd's own containerd runs in its own session: a dockerd that had to be
+            # SIGKILLed leaves it behind, so end it by the pid it wrote.
+            _kill_pidfile(self.base / "exec" / "containerd" / "containerd.pid")
             # vfs layers are plain directories; nothing stays mounted once dockerd is gone.
             shutil.rmtree(self.base, ignore_errors=True)
+
+
+def _kill_pidfile(pidfile: Path) -> None:
+    try:
+        pid = int(pidfile.read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return
+    if b"containerd" in cmdline and str(pidfile.parent).encode() in cmdline:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def docker_client() -> str | None:

@@ -172,3 +172,44 @@ def test_doctor_asks_the_running_containerd(containerd: Containerd, tmp_path: Pa
     opts = doctor.Options(prefix=prefix, containerd_socket=containerd.address)
     lines = [c.line() for c in doctor._containerd(opts)]
     assert lines[-1] == "ok  containerd: the running containerd's CRI plugin: ok", lines
+
+
+IMAGE = "docker.io/nvhook-e2e/busybox:1"
+
+
+@pytest.fixture(scope="module")
+def image(containerd: Containerd, rootfs: Path) -> str:
+    """The busybox rootfs as a local image (`ctr images import`, native snapshotter)."""
+    from .daemons import oci_archive
+
+    archive = containerd.base / "busybox.tar"
+    archive.write_bytes(oci_archive(rootfs, IMAGE))
+    res = containerd.ctr("images", "import", "--snapshotter", "native", str(archive))
+    assert res.returncode == 0, res.stderr
+    assert IMAGE in containerd.ctr("images", "ls", "-q").stdout.split()
+    return IMAGE
+
+
+@pytest.mark.parametrize(
+    ("env", "ok", "want"),
+    [
+        pytest.param([], True, [], id="no GPU"),
+        pytest.param([f"NVIDIA_VISIBLE_DEVICES={GPUS[0]}"], True,
+                     [f"NVIDIA_VISIBLE_DEVICES={GPUS[0]}"], id="live UUID"),
+        pytest.param(["NVIDIA_VISIBLE_DEVICES=all"], False, [], id="all unprivileged"),
+    ],
+)
+def test_imported_image(containerd: Containerd, image: str, node: Node, env: list[str],
+                        ok: bool, want: list[str]) -> None:
+    args = ["run", "--rm", "--snapshotter", "native", "--runtime", "io.containerd.runc.v2",
+            "--runc-binary", str(node.wrapper)]
+    for e in env:
+        args += ["--env", e]
+    res = containerd.ctr(*args, image, new_container_id("nvh-img"), "/bin/env")
+    if not ok:
+        assert res.returncode != 0
+        assert "nvhook: denied: NVIDIA_VISIBLE_DEVICES=all" in res.stderr, res.stderr
+        return
+    assert res.returncode == 0, res.stderr
+    assert env_lines(res.stdout) == want
+    assert (node.recorder.read() is not None) is bool(want)

@@ -50,6 +50,15 @@ def _import_image(docker: Docker, rootfs: Path) -> None:
     assert res.returncode == 0, res.stderr.decode()
 
 
+def _node_in(base: Path) -> Node:
+    """nvhook's simulated node (enforce mode) and a recording NVIDIA hook under ``base``:
+    module-scoped, so not the per-test `recorder` fixture."""
+    recorder = Recorder(path=write_recording_delegate(
+        base / "delegate" / "nvidia-container-runtime-hook", base / "record"),
+        record_dir=base / "record")
+    return make_node(base / "node", recorder, mode="enforce")
+
+
 def _start(base: Path, daemon_json: Path) -> Docker:
     return start_or_skip("dockerd", docker_available(), lambda: start_docker(daemon_json, base))
 
@@ -61,10 +70,7 @@ def engine(request: pytest.FixtureRequest, rootfs: Path) -> Iterator[Engine]:
     base = short_tempdir("nvh-dkr-")
     docker = None
     try:
-        recorder = Recorder(path=write_recording_delegate(
-            base / "delegate" / "nvidia-container-runtime-hook", base / "record"),
-            record_dir=base / "record")
-        node = make_node(base / "node", recorder, mode="enforce")
+        node = _node_in(base)
         prefix = base / "prefix"
         args = ["--config", str(node.config), "install", "--engine", "docker", "--prefix",
                 str(prefix), "--nvhook-path", str(node.nvhook)]
@@ -153,3 +159,70 @@ def test_doctor_asks_the_running_dockerd(eng: Engine) -> None:
     want = "ok" if eng.default else "warn"
     assert lines[-1] == (f"{want}  docker: the running dockerd has runtime nvhook; its default "
                          f"is {'nvhook' if eng.default else 'runc'!r}"), lines
+
+
+STANDIN = """#!/bin/sh
+# A recording stand-in for nvidia-container-runtime: note the argv, then be runc.
+printf '%s\\n' "$*" >> {record}
+exec {runc} "$@"
+"""
+
+
+@pytest.fixture(scope="module")
+def chained(rootfs: Path) -> Iterator[tuple[Engine, Path]]:
+    """A node whose Docker default was NVIDIA's runtime (here a recording stand-in), then
+    `nvhook install --engine docker --default`: plain `docker run` goes nvhook -> stand-in."""
+    from .harness import find_binary
+
+    base = short_tempdir("nvh-dkc-")
+    docker = None
+    try:
+        node = _node_in(base)
+        standin = base / "bin" / "nvidia-container-runtime"
+        standin.parent.mkdir()
+        standin.write_text(STANDIN.format(record=base / "standin.log", runc=find_binary("runc")))
+        standin.chmod(0o755)
+        daemon_json = base / "prefix/etc/docker/daemon.json"
+        daemon_json.parent.mkdir(parents=True)
+        daemon_json.write_text(json.dumps({"default-runtime": "nvidia",
+                                           "runtimes": {"nvidia": {"path": str(standin)}}}))
+        result = CliRunner().invoke(app, [
+            "--config", str(node.config), "install", "--engine", "docker", "--default",
+            "--prefix", str(base / "prefix"), "--nvhook-path", str(node.nvhook)])
+        assert result.exit_code == 0, result.output
+        docker = _start(base, daemon_json)
+        _import_image(docker, rootfs)
+        yield Engine(docker, node, default=True), base / "standin.log"
+    finally:
+        if docker is not None:
+            docker.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_default_install_chains_to_the_runtime_it_replaced(
+    chained: tuple[Engine, Path]
+) -> None:
+    eng, standin_log = chained
+    eng.node.audit.unlink(missing_ok=True)
+    assert f'path = "{standin_log.parent / "bin" / "nvidia-container-runtime"}"' in (
+        eng.node.config.read_text())
+    res = eng.run("-e", f"NVIDIA_VISIBLE_DEVICES={GPUS[1]}")
+    assert res.returncode == 0, res.stderr
+    assert env_lines(res.stdout) == [f"NVIDIA_VISIBLE_DEVICES={GPUS[1]}"]
+    calls = standin_log.read_text().splitlines()
+    creates = [c for c in calls if " create " in f" {c} "]
+    assert len(creates) == 1 and "--bundle" in creates[0], calls
+    # NVIDIA's runtime adds NVIDIA's hook itself: nvhook inserted none.
+    assert eng.node.recorder.read() is None
+    assert [a["stage"] for a in eng.node.audit_lines()] == ["runtime-create"]
+
+
+def test_chained_refusal_never_reaches_the_next_runtime(chained: tuple[Engine, Path]) -> None:
+    eng, standin_log = chained
+    before = standin_log.read_text() if standin_log.exists() else ""
+    res = eng.run("-e", "NVIDIA_VISIBLE_DEVICES=all")
+    assert res.returncode != 0
+    assert "nvhook: denied: NVIDIA_VISIBLE_DEVICES=all" in res.stderr, res.stderr
+    after = standin_log.read_text() if standin_log.exists() else ""
+    new = after[len(before):].splitlines()
+    assert not [c for c in new if " create " in f" {c} "], new
