@@ -589,3 +589,30 @@ def test_holder_named_in_one_line_even_with_control_characters(
     assert proc.stderr.decode().splitlines() == [
         f"nvhook: denied: NVIDIA_VISIBLE_DEVICES={GPU0}: {GPU0} is leased exclusively by "
         "container evil\\x0anvhook: allowed (policy.leases)"]
+
+
+@pytest.mark.parametrize("where", ["/dev/shm", "tmp_path"])
+def test_doctor_says_whether_the_table_is_on_a_tmpfs(node: Node, tmp_path: Path,
+                                                     where: str) -> None:
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(dir="/dev/shm")) if where == "/dev/shm" else tmp_path
+    try:
+        directory = base / "not-yet" / "leases"  # doctor looks at the nearest existing dir
+        node.write_config(f'[leases]\nmode = "exclusive"\ndir = "{directory}"\n')
+        kind = subprocess.run(["stat", "-f", "-c", "%T", str(base)], capture_output=True,
+                              text=True, check=True).stdout.strip()
+        doctor = node.run(["--config", str(node.config), "doctor", "--hooks-dir",
+                           str(tmp_path)])
+        [line] = [x for x in doctor.stdout.decode().splitlines() if " leases-dir: " in x]
+        if kind == "tmpfs":
+            assert line == f"ok  leases-dir: {directory}: on a tmpfs"
+        else:
+            assert line.startswith(f"warn  leases-dir: {directory}: on ")
+            assert "not a tmpfs" in line
+        assert not directory.exists()
+    finally:
+        if where == "/dev/shm":
+            import shutil
+
+            shutil.rmtree(base)

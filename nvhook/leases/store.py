@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -74,6 +75,32 @@ class Store:
             park("written")
         finally:
             os.close(fd)  # also drops the lock
+
+
+def filesystem_type(directory: Path) -> str | None:
+    """The filesystem type (``tmpfs``, ``ext4``...) the table lives on, from
+    /proc/self/mountinfo: the mount whose point is the longest prefix of the directory
+    (or, before the first lease, of its nearest existing parent). None: unknown."""
+    path = directory
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    target = os.path.realpath(path)
+    best: tuple[int, str] | None = None
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        head, sep, tail = line.partition(" - ")
+        fields = head.split()
+        if not sep or len(fields) < 5 or not tail.split():
+            continue
+        # Octal escapes (\040 for a space) in the mount point, as the kernel writes them.
+        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), fields[4])
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and (best is None or len(point) >= best[0]):
+            best = (len(point), tail.split()[0])
+    return best[1] if best else None
 
 
 def park(point: str) -> None:

@@ -65,7 +65,8 @@ def run(opts: Options) -> tuple[Check, ...]:
     checks = [*_inventory(config), *_delegate(config), _nvidia_mode(opts, config)]
     checks += _hooks_d(opts, config)
     checks += _engines(opts)
-    checks += [policy_check, _audit(config), _leases(config), *_install()]
+    checks += [policy_check, _audit(config), _leases(config), *_leases_dir(config),
+               *_install()]
     return tuple(checks)
 
 
@@ -301,6 +302,22 @@ def _leases(config: Config) -> Check:
                      f"{len(stale)} stale, would reclaim: {items}",
                      "nothing to do: the next GPU container start reclaims them")
     return Check(Level.OK, "leases", f"{where}: {len(table.leases)} lease(s), none stale")
+
+
+def _leases_dir(config: Config) -> list[Check]:
+    """The table belongs on a tmpfs, so a reboot clears it (the boot id would reclaim the
+    leases anyway, so this is a warning)."""
+    if not config.leases_anywhere:
+        return []
+    from nvhook.leases.store import filesystem_type
+
+    kind = filesystem_type(config.leases_dir)
+    if kind == "tmpfs":
+        return [Check(Level.OK, "leases-dir", f"{config.leases_dir}: on a tmpfs")]
+    on = kind or "an unknown filesystem"
+    return [Check(Level.WARN, "leases-dir", f"{config.leases_dir}: on {on}, not a tmpfs: the "
+                  "table outlives a reboot (its boot id still reclaims every lease)",
+                  "set [leases] dir on a tmpfs (/run is one on most systems)")]
 
 
 def _install() -> list[Check]:
