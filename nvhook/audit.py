@@ -13,21 +13,22 @@ from typing import Any
 from nvhook import __version__
 from nvhook.decision.evaluate import Evaluation
 from nvhook.decision.request import to_json
-
-# Kubernetes names as CRI-O and containerd put them on the container.
-_NAMESPACE_KEYS = ("io.kubernetes.pod.namespace", "io.kubernetes.cri.sandbox-namespace")
-_POD_KEYS = ("io.kubernetes.pod.name", "io.kubernetes.cri.sandbox-name")
+from nvhook.kube import identity as identity_mod
 
 
 def record(evaluation: Evaluation, container_id: str, stage: str,
            annotations: Mapping[str, str],
            leases: Mapping[str, Any] | None = None) -> dict[str, Any]:
     d = evaluation.decision
+    # The pod identity the CRI runtime set, normalized over containerd's and CRI-O's keys.
+    identity = evaluation.identity or identity_mod.from_annotations(annotations)
     entry = {
         "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
         "container": container_id,
-        "namespace": _first(annotations, _NAMESPACE_KEYS),
-        "pod": _first(annotations, _POD_KEYS),
+        "namespace": identity.namespace if identity else None,
+        "pod": identity.pod if identity else None,
+        "pod_container": identity.container if identity else None,
+        "allocation": evaluation.allocation_json(),
         "stage": stage,
         "request": to_json(evaluation.request),
         "decision": d.outcome.value,
@@ -69,9 +70,3 @@ def append(path: str, entry: Mapping[str, Any]) -> None:
     finally:
         os.close(fd)  # also drops the lock
 
-
-def _first(annotations: Mapping[str, str], keys: tuple[str, ...]) -> str | None:
-    for key in keys:
-        if annotations.get(key):
-            return annotations[key]
-    return None

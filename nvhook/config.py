@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from nvhook.decision.policy import (
+    IDENTITY_FIELDS,
     POLICY_KEYS,
     LeaseMode,
     LeasePolicy,
@@ -24,6 +25,8 @@ from nvhook.decision.policy import (
     effective,
 )
 from nvhook.errors import ConfigError
+from nvhook.kube.allocation import SOURCES, Binding, KubeSettings, Unallocated
+from nvhook.kube.identity import Identity
 from nvhook.nvidia.delegate import DELEGATE_CANDIDATES as DELEGATE_CANDIDATES
 from nvhook.nvidia.delegate import SAFE_PATH as SAFE_PATH
 from nvhook.nvidia.delegate import DelegateSettings
@@ -57,6 +60,7 @@ class Config:
     runtime_path: str = "runc"
     swarm_resource: tuple[str, ...] = ()
     leases_dir: Path = DEFAULT_LEASES_DIR
+    kubernetes: KubeSettings = field(default_factory=KubeSettings)
 
     @property
     def leases_anywhere(self) -> bool:
@@ -64,8 +68,9 @@ class Config:
         return self.policy.leases.active or any(
             "leases" in r.overrides and r.overrides["leases"].active for r in self.rules)
 
-    def policy_for(self, annotations: Mapping[str, str]) -> Policy:
-        return effective(self.policy, self.rules, annotations)
+    def policy_for(self, annotations: Mapping[str, str],
+                   identity: Identity | None = None) -> Policy:
+        return effective(self.policy, self.rules, annotations, identity)
 
 
 def config_path(explicit: str | None, environ: Mapping[str, str] = os.environ) -> tuple[Path, bool]:
@@ -110,7 +115,7 @@ class _Reader:
 
     def config(self, doc: dict[str, Any]) -> Config:
         self.only(doc, "", {"version", "policy", "inventory", "delegate", "audit", "runtime",
-                            "request", "leases"})
+                            "request", "leases", "kubernetes"})
         version = doc.get("version", 1)
         if version != 1 or isinstance(version, bool):
             raise self.fail("version", f"unsupported version {version!r} (expected 1)")
@@ -131,6 +136,7 @@ class _Reader:
             runtime_path=self.runtime(self.table(doc, "runtime")),
             swarm_resource=self.swarm_resource(self.table(doc, "request")),
             leases_dir=leases_dir,
+            kubernetes=self.kubernetes(self.table(doc, "kubernetes")),
         )
 
     def policy_fields(self, doc: dict[str, Any], where: str) -> dict[str, Any]:
@@ -160,19 +166,17 @@ class _Reader:
             if not isinstance(name, str):
                 raise self.fail(f"{at}.name", "expected a string")
             match = doc.pop("match", None)
-            if not isinstance(match, dict) or set(match) != {"annotations"}:
-                raise self.fail(f"{at}.match", "expected a table with only 'annotations'")
-            annotations = match["annotations"]
-            if not isinstance(annotations, dict) or not annotations:
+            keys = {"annotations", *IDENTITY_FIELDS}
+            if not isinstance(match, dict) or not match or not set(match) <= keys:
+                raise self.fail(f"{at}.match", "expected a table of 'annotations', "
+                                f"{', '.join(repr(f) for f in IDENTITY_FIELDS)}")
+            annotations = match.get("annotations", {})
+            if not isinstance(annotations, dict) or ("annotations" in match and not annotations):
                 raise self.fail(f"{at}.match.annotations", "expected a non-empty table of regexes")
-            patterns = []
-            for key, regex in annotations.items():
-                if not isinstance(regex, str):
-                    raise self.fail(f"{at}.match.annotations.{key}", "expected a regex string")
-                try:
-                    patterns.append((key, re.compile(regex)))
-                except re.error as e:
-                    raise self.fail(f"{at}.match.annotations.{key}", f"bad regex: {e}") from None
+            patterns = [(key, self.regex(regex, f"{at}.match.annotations.{key}"))
+                        for key, regex in annotations.items()]
+            identity = tuple((f, self.regex(match[f], f"{at}.match.{f}"))
+                             for f in IDENTITY_FIELDS if f in match)
             lease_doc = doc.pop("leases", None)
             overrides = self.policy_fields(doc, at)
             if lease_doc is not None:
@@ -180,7 +184,7 @@ class _Reader:
                     raise self.fail(f"{at}.leases", "expected a table (mode, max-per-gpu)")
                 overrides["leases"] = self.lease_policy(dict(lease_doc), f"{at}.leases",
                                                         self.base_leases)
-            rules.append(Rule(name, tuple(patterns), overrides))
+            rules.append(Rule(name, tuple(patterns), overrides, identity))
         return tuple(rules)
 
     def lease_policy(self, doc: dict[str, Any], where: str, base: LeasePolicy) -> LeasePolicy:
@@ -197,6 +201,49 @@ class _Reader:
         if not isinstance(value, str) or not os.path.isabs(value):
             raise self.fail("leases.dir", f"expected an absolute path, got {value!r}")
         return Path(value)
+
+    def regex(self, value: Any, at: str) -> re.Pattern[str]:
+        if not isinstance(value, str):
+            raise self.fail(at, "expected a regex string")
+        try:
+            return re.compile(value)
+        except re.error as e:
+            raise self.fail(at, f"bad regex: {e}") from None
+
+    def kubernetes(self, doc: dict[str, Any]) -> KubeSettings:
+        self.only(doc, "kubernetes", {"allocation", "socket", "checkpoint", "sources",
+                                      "resources", "timeout", "unallocated"})
+        d = KubeSettings()
+        paths = {}
+        for key in ("socket", "checkpoint"):
+            value = doc.get(key, str(getattr(d, key)))
+            if not isinstance(value, str) or not os.path.isabs(value):
+                raise self.fail(f"kubernetes.{key}", f"expected an absolute path, got {value!r}")
+            paths[key] = Path(value)
+        sources = self.strings(doc.get("sources", list(d.sources)), "kubernetes.sources")
+        for s in sources:
+            if s not in SOURCES:
+                raise self.fail("kubernetes.sources",
+                                f"unknown source {s!r} (known: {', '.join(SOURCES)})")
+        if not sources:
+            raise self.fail("kubernetes.sources", "must name at least one source")
+        resources = self.strings(doc.get("resources", list(d.resources)), "kubernetes.resources")
+        if not resources or not all(resources):
+            raise self.fail("kubernetes.resources", "expected non-empty resource name patterns")
+        timeout = doc.get("timeout", d.timeout)
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not (
+            0 < timeout <= 60
+        ):
+            raise self.fail("kubernetes.timeout", f"expected seconds in (0, 60], got {timeout!r}")
+        return KubeSettings(
+            allocation=self.choice(doc.get("allocation", d.allocation.value),
+                                   "kubernetes.allocation", Binding),
+            socket=paths["socket"], checkpoint=paths["checkpoint"],
+            sources=tuple(dict.fromkeys(sources)), resources=tuple(resources),
+            timeout=float(timeout),
+            unallocated=self.choice(doc.get("unallocated", d.unallocated.value),
+                                    "kubernetes.unallocated", Unallocated),
+        )
 
     def inventory(self, doc: dict[str, Any]) -> InventorySettings:
         self.only(doc, "inventory", {"source", "file", "timeout"})

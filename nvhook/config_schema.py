@@ -24,6 +24,7 @@ from typing import Any
 
 from nvhook.decision import policy as p
 from nvhook.decision.request import ALL_DRIVER_CAPABILITIES
+from nvhook.kube.allocation import SOURCES, Binding, KubeSettings, Unallocated
 from nvhook.nvidia.delegate import SAFE_PATH
 
 TRUST = tuple(t.value for t in p.Trust)
@@ -60,9 +61,12 @@ TABLES: dict[str, str] = {
     "runtime": "the runtime shim (Docker, containerd)",
     "request": "how a request is read, as NVIDIA's hook reads it",
     "leases": "node-local GPU leases for nodes without a scheduler (docs/leases.md)",
+    "kubernetes": "allocation-bound grants: a container gets at most what the kubelet "
+                  "allocated to it (docs/kubernetes.md)",
 }
 
 P = p.Policy()
+K = KubeSettings()
 
 KEYS: tuple[Key, ...] = (
     Key("", "version", "integer", 1, "the config format version; only 1 exists"),
@@ -94,6 +98,9 @@ KEYS: tuple[Key, ...] = (
     Key("policy", "device-nodes", "string", P.device_nodes.value,
         "deny: a /dev/nvidiaN already in the spec's linux.devices is refused (it cannot be "
         "rewritten)", _values(p.DeviceNodes)),
+    Key("policy", "allocation", "string", P.allocation.value,
+        "bound: on Kubernetes a container gets at most the GPUs the kubelet allocated to it; "
+        "exempt: not bound (management pods, set by a rule)", _values(p.AllocationRule)),
     Key("policy", "rules", "array of tables", [],
         "per-container overrides ([[policy.rules]]), see below"),
     # -- [[policy.rules]] -------------------------------------------------------
@@ -101,7 +108,15 @@ KEYS: tuple[Key, ...] = (
         unset="rules[N], N its position", example='"batch"'),
     Key("policy.rules[]", "match.annotations", "table of strings", None,
         "annotation name -> regex; all must match the whole value",
-        unset="required", example='{ "io.kubernetes.pod.namespace" = "batch-.*" }'),
+        unset="required unless a match.namespace/pod/container is given",
+        example='{ "io.kubernetes.pod.namespace" = "batch-.*" }'),
+    Key("policy.rules[]", "match.namespace", "string", None,
+        "regex on the pod namespace the CRI runtime set (containerd's or CRI-O's key)",
+        unset="any", example='"batch-.*"'),
+    Key("policy.rules[]", "match.pod", "string", None,
+        "regex on the pod name the CRI runtime set", unset="any", example='".*"'),
+    Key("policy.rules[]", "match.container", "string", None,
+        "regex on the container name the CRI runtime set", unset="any", example='".*"'),
     Key("policy.rules[]", "leases", "table", None,
         "overrides [leases] mode and max-per-gpu for this rule (only the keys it names)",
         unset="[leases] applies", example='{ mode = "shared", max-per-gpu = 4 }'),
@@ -142,6 +157,23 @@ KEYS: tuple[Key, ...] = (
         "containers that may share one device in shared mode, 1..1024"),
     Key("leases", "dir", "string", "/run/nvhook/leases",
         "the lease table's directory; keep it on a tmpfs, so a reboot clears it"),
+    # -- [kubernetes] -----------------------------------------------------------
+    Key("kubernetes", "allocation", "string", K.allocation.value,
+        "auto: bind when the container has a CRI pod identity and the socket or checkpoint "
+        "exists; on: required (no source is a denial); off", _values(Binding)),
+    Key("kubernetes", "socket", "string", str(K.socket), "the kubelet's PodResources v1 socket"),
+    Key("kubernetes", "checkpoint", "string", str(K.checkpoint),
+        "the kubelet device manager's checkpoint file"),
+    Key("kubernetes", "sources", "array of strings", list(K.sources),
+        "where the allocation is read, tried in order", SOURCES),
+    Key("kubernetes", "resources", "array of strings", list(K.resources),
+        "the device plugin's resource names (glob patterns) that count as GPUs"),
+    Key("kubernetes", "timeout", "float", K.timeout,
+        "seconds for the kubelet lookup, rate-limit retries included, in (0, 60]; past it the "
+        "request is denied"),
+    Key("kubernetes", "unallocated", "string", K.unallocated.value,
+        "a container with no allocation that asks for GPUs: void (runs without GPUs, audited) "
+        "or deny", _values(Unallocated)),
 )
 
 

@@ -90,3 +90,9 @@ class DeniedError(NvhookError):
     """The decision was deny; the message is the first reason."""
 
     status = ExitStatus.DENIED
+
+
+class AllocationError(NvhookError):
+    """The kubelet's allocation could not be read; with a GPU asked for, a fail-closed denial."""
+
+    status = ExitStatus.DENIED

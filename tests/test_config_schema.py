@@ -72,7 +72,8 @@ def test_every_key_the_reader_accepts_is_in_the_table(monkeypatch: pytest.Monkey
             got = seen.get(table, set())
             assert got == expected, f"[[policy.rules]] overrides: {sorted(got ^ expected)}"
             # leases is taken out too: its own table (mode, max-per-gpu), not a [policy] key.
-            assert rule_own == {"name", "match.annotations", "leases"}
+            assert rule_own == {"name", "match.annotations", "match.namespace", "match.pod",
+                                "match.container", "leases"}
             continue
         got = seen.get(table, set())
         missing = sorted(got - expected)

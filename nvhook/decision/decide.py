@@ -16,7 +16,16 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from nvhook.decision.policy import AllRule, DeviceNodes, Indices, MigConfig, Mode, Policy, Trust
+from nvhook.decision.policy import (
+    AllocationRule,
+    AllRule,
+    DeviceNodes,
+    Indices,
+    MigConfig,
+    Mode,
+    Policy,
+    Trust,
+)
 from nvhook.decision.request import (
     CDI_ANNOTATION_PREFIX,
     DRIVER_CAPABILITIES,
@@ -30,8 +39,9 @@ from nvhook.decision.request import (
     is_gpu_node,
     split_ids,
 )
-from nvhook.errors import InventoryError
+from nvhook.errors import AllocationError, InventoryError
 from nvhook.gpus.inventory import Device, Gpu, IdForm, Inventory, MigDevice, Resolution, Unresolved
+from nvhook.kube.allocation import Allocation, Unallocated
 from nvhook.oci.spec import DEVICE_MOUNT_ROOT, Spec
 
 GPU_CDI_KIND = "nvidia.com/gpu"
@@ -90,19 +100,52 @@ def needs_inventory(request: Request) -> bool:
 
 
 def decide(request: Request, inventory: Inventory | InventoryError, policy: Policy,
-           spec: Spec, held: Mapping[str, str] | None = None) -> Decision:
+           spec: Spec, held: Mapping[str, str] | None = None,
+           allocation: Allocation | AllocationError | None = None,
+           unallocated: Unallocated = Unallocated.VOID) -> Decision:
     """``held``: lower-cased UUID -> why that device cannot be leased to this container
     (``leases`` computes it under the table's lock); such a device is a violation of
-    ``policy.leases``, so rewrite mode keeps the leasable rest."""
+    ``policy.leases``, so rewrite mode keeps the leasable rest.
+    ``allocation``: the kubelet's, when the container is bound to one (None: not)."""
     if not request.asks_for_devices:
         return Decision(Outcome.SKIP, policy, env=spec.env)
     if isinstance(inventory, InventoryError):
-        if needs_inventory(request):
+        if needs_inventory(request) or (isinstance(allocation, Allocation) and allocation.ids):
             failed = Violation(_first_label(request), f"GPU inventory unavailable: {inventory}",
                                "fail closed")
             return Decision(Outcome.DENY, policy, violations=(failed,), env=spec.env)
         inventory = Inventory((), (), None, source="none")
-    return _Judge(request, inventory, policy, spec, held or {}).decide()
+    judge = _Judge(request, inventory, policy, spec, held or {})
+    if allocation is not None and policy.allocation is AllocationRule.BOUND:
+        failed = judge.bind(allocation, unallocated)
+        if failed is not None:
+            return Decision(Outcome.DENY, policy, violations=(failed,), env=spec.env)
+    return judge.decide()
+
+
+# -- the allocation stage (Kubernetes) ------------------------------------------
+
+
+def allocated_devices(allocation: Allocation, inventory: Inventory
+                      ) -> tuple[tuple[Device, ...], tuple[str, ...]]:
+    """The allocation's ids mapped onto the live inventory -> (devices, ids that are not live).
+
+    Ids are UUIDs, MIG UUIDs or (``--device-id-strategy=index``) indices, resolved as the
+    env channel resolves them; ``all`` or a PCI id is not something the plugin hands out.
+    """
+    devices: dict[str, Device] = {}
+    dead = []
+    for device_id in allocation.ids:
+        try:
+            res = inventory.resolve(device_id)
+        except Unresolved:
+            dead.append(device_id)
+            continue
+        if res.form in (IdForm.ALL, IdForm.PCI):
+            dead.append(device_id)
+            continue
+        devices.update((d.uuid, d) for d in res.devices)
+    return tuple(devices.values()), tuple(dead)
 
 
 class _Judge:
@@ -116,6 +159,33 @@ class _Judge:
         self.violations: list[Violation] = []
         # What NVIDIA's stack would attach if nothing were changed (for audit).
         self.requested: dict[str, None] = {}
+        # The kubelet's allocation as lower-cased UUIDs (None: not bound); with
+        # ``voided``, nothing was allocated and every GPU request is replaced by void.
+        self.allocated: frozenset[str] | None = None
+        self.allocation_text = ""
+        self.voided = False
+
+    def bind(self, allocation: Allocation | AllocationError,
+             unallocated: Unallocated) -> Violation | None:
+        """Bind every grant to the kubelet's allocation; -> a fail-closed denial, or None."""
+        label = _first_label(self.request)
+        if isinstance(allocation, AllocationError):
+            return Violation(label, str(allocation), "kubernetes allocation, fail closed",
+                             fixable=False)
+        devices, dead = allocated_devices(allocation, self.inventory)
+        who = allocation.identity.name
+        if dead:
+            return Violation(label, f"kubelet allocated {', '.join(dead)} to {who}, which is "
+                             "not a live device (node state inconsistent)",
+                             "kubernetes allocation, fail closed", fixable=False)
+        self.allocated = frozenset(d.uuid.lower() for d in devices)
+        self.allocation_text = ",".join(d.uuid for d in devices) or "none"
+        if not devices:
+            if unallocated is Unallocated.DENY:
+                return Violation(label, f"the kubelet allocated no GPU to {who}",
+                                 'kubernetes.unallocated = "deny"', fixable=False)
+            self.voided = True
+        return None
 
     def violate(self, label: str, problem: str, rule: str, fixable: bool = True) -> None:
         self.violations.append(Violation(label, problem, rule, fixable))
@@ -237,6 +307,10 @@ class _Judge:
 
     def judge_id(self, label: str, device_id: str, whole: bool = False) -> list[Device]:
         """The devices ``device_id`` may keep; with ``whole``, none unless all of them."""
+        if self.voided:
+            # Nothing allocated: the request becomes void (audited), not a violation, so a
+            # CPU pod on a CUDA image (NVIDIA_VISIBLE_DEVICES=all baked in) just runs.
+            return []
         try:
             res = self.resolve(device_id)
         except Unresolved as e:
@@ -273,6 +347,13 @@ class _Judge:
             return False
         if allow and uuid not in allow and parent not in allow:
             self.violate(label, f"{device.uuid} is not on the allow list", self.rule("allow"))
+            return False
+        if self.allocated is not None and uuid not in self.allocated and (
+            parent is None or parent not in self.allocated
+        ):
+            # A MIG device of an allocated GPU is part of it; a MIG allocation is not its GPU.
+            self.violate(label, f"{device.uuid} is not allocated to this container (kubelet "
+                         f"allocation: {self.allocation_text})", "kubernetes allocation")
             return False
         if uuid in self.held:
             self.violate(label, self.held[uuid], self.rule("leases"))

@@ -7,13 +7,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nvhook.config import Config
-from nvhook.decision.decide import Decision, decide, needs_inventory
+from nvhook.decision.decide import Decision, allocated_devices, decide, needs_inventory
 from nvhook.decision.policy import Policy
 from nvhook.decision.request import Request, parse
-from nvhook.errors import InventoryError
+from nvhook.errors import AllocationError, InventoryError
 from nvhook.gpus import inventory as inventory_mod
 from nvhook.gpus import source
 from nvhook.gpus.inventory import Inventory
+from nvhook.kube import allocation as allocation_mod
+from nvhook.kube import identity as identity_mod
+from nvhook.kube.allocation import Allocation, Unallocated
+from nvhook.kube.identity import Identity
 from nvhook.oci.spec import Spec
 
 
@@ -25,22 +29,72 @@ class Evaluation:
     inventory: Inventory | InventoryError | None  # None: not needed, not read
     decision: Decision
     seconds: float
+    identity: Identity | None = None  # the CRI pod identity, when the spec carries one
+    # The kubelet's allocation (or why it could not be read); None: not bound to one.
+    allocation: Allocation | AllocationError | None = None
+    unallocated: Unallocated = Unallocated.VOID  # what an empty allocation turns into
+
+    def allocation_json(self) -> dict[str, object] | None:
+        """The ``allocation`` object of ``explain --json`` and of the audit line."""
+        a = self.allocation
+        if a is None:
+            return None
+        if isinstance(a, AllocationError):
+            return {"error": str(a),
+                    "identity": self.identity.as_json() if self.identity else None}
+        out: dict[str, object] = a.as_json()
+        out["exempt"] = self.policy.allocation.value == "exempt"
+        # What the kubelet's ids mapped onto: the UUIDs a grant may come from.
+        if isinstance(self.inventory, Inventory):
+            devices, dead = allocated_devices(a, self.inventory)
+            out["allocated"] = [d.uuid for d in devices]
+            if dead:
+                out["not_live"] = list(dead)
+        if not a.ids and self.request.asks_for_devices:
+            out["outcome"] = config_void_or_deny(self)
+        return out
+
+
+def config_void_or_deny(e: Evaluation) -> str:
+    return ("void: no GPU allocated by the kubelet, the request was replaced by void"
+            if e.decision.outcome.value != "deny" else "deny: no GPU allocated by the kubelet")
 
 
 def evaluate(spec: Spec, config: Config, inventory_file: Path | None = None) -> Evaluation:
     started = time.monotonic()
     request = parse(spec, config.swarm_resource)
-    policy = config.policy_for(spec.annotations)
+    identity = identity_mod.of_spec(spec.doc, spec.annotations)
+    policy = config.policy_for(spec.annotations, identity)
+    allocation: Allocation | AllocationError | None = None
+    unallocated = config.kubernetes.unallocated
+    if request.asks_for_devices and identity is not None and identity.sandbox and \
+            config.kubernetes.allocation is not allocation_mod.Binding.OFF:
+        # The pod sandbox (pause) runs no workload and has no allocation to look up: it is
+        # skipped, and a GPU request it carries anyway is replaced by void.
+        allocation = Allocation("sandbox", identity)
+        unallocated = Unallocated.VOID
+    elif (request.asks_for_devices and identity is not None
+            and allocation_mod.applies(config.kubernetes, identity)):
+        # Read even for an exempt pod, so explain and the audit line show the allocation.
+        try:
+            allocation = allocation_mod.lookup(config.kubernetes, identity)
+        except AllocationError as e:
+            allocation = e
     inventory: Inventory | InventoryError | None = None
-    if request.asks_for_devices and needs_inventory(request):
+    if request.asks_for_devices and (
+        needs_inventory(request) or (isinstance(allocation, Allocation) and allocation.ids)
+    ):
         inventory = read_inventory(config, inventory_file)
     decision = decide(
         request,
         inventory if inventory is not None else Inventory((), (), None, source="none"),
         policy,
         spec,
+        allocation=allocation,
+        unallocated=unallocated,
     )
-    return Evaluation(spec, request, policy, inventory, decision, time.monotonic() - started)
+    return Evaluation(spec, request, policy, inventory, decision, time.monotonic() - started,
+                      identity, allocation, unallocated)
 
 
 def read_inventory(

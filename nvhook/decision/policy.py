@@ -13,6 +13,7 @@ from enum import StrEnum
 from typing import Any
 
 from nvhook.decision.request import ALL_DRIVER_CAPABILITIES
+from nvhook.kube.identity import Identity
 
 
 class Mode(StrEnum):
@@ -66,6 +67,11 @@ class LeasePolicy:
         return self.mode is not LeaseMode.OFF
 
 
+class AllocationRule(StrEnum):
+    BOUND = "bound"  # on Kubernetes, grants never exceed the kubelet's allocation
+    EXEMPT = "exempt"  # management pods (device plugin, dcgm-exporter): not bound
+
+
 @dataclass(frozen=True)
 class Policy:
     """Field names are the TOML keys with ``-`` spelled ``_``."""
@@ -82,10 +88,15 @@ class Policy:
     mig_config: MigConfig = MigConfig.PRIVILEGED
     device_nodes: DeviceNodes = DeviceNodes.ACCEPT
     leases: LeasePolicy = LeasePolicy()
+    allocation: AllocationRule = AllocationRule.BOUND
     rule: str | None = None  # the [[policy.rules]] entry that produced this policy
 
     def with_overrides(self, overrides: Mapping[str, Any], rule: str) -> Policy:
         return dataclasses.replace(self, **overrides, rule=rule)
+
+
+# The normalized pod identity fields a rule may match on (``match.namespace`` ...).
+IDENTITY_FIELDS = ("namespace", "pod", "container")
 
 
 @dataclass(frozen=True)
@@ -93,19 +104,34 @@ class Rule:
     name: str
     annotations: tuple[tuple[str, re.Pattern[str]], ...]
     overrides: Mapping[str, Any]
+    # (identity field, pattern): matched against the CRI runtime's normalized pod identity.
+    identity: tuple[tuple[str, re.Pattern[str]], ...] = ()
 
-    def matches(self, annotations: Mapping[str, str]) -> bool:
-        """All patterns must match their annotation's whole value."""
+    def matches(self, annotations: Mapping[str, str],
+                identity: Identity | None = None) -> bool:
+        """All patterns must match their annotation's (or identity field's) whole value.
+
+        With a CRI identity, ``annotations`` is read with both runtimes' pod keys filled in
+        from it, so a rule written with CRI-O's keys matches a containerd pod and back.
+        """
+        if identity is not None and not identity.sandbox:
+            annotations = {**annotations, **identity.aliases()}
+        if self.identity and identity is None:
+            return False
         return all(
             key in annotations and pattern.fullmatch(annotations[key]) is not None
             for key, pattern in self.annotations
+        ) and all(
+            (value := getattr(identity, key)) is not None and pattern.fullmatch(value) is not None
+            for key, pattern in self.identity
         )
 
 
-def effective(base: Policy, rules: tuple[Rule, ...], annotations: Mapping[str, str]) -> Policy:
+def effective(base: Policy, rules: tuple[Rule, ...], annotations: Mapping[str, str],
+              identity: Identity | None = None) -> Policy:
     """The first matching rule wins; no rule matching means the base policy."""
     for rule in rules:
-        if rule.matches(annotations):
+        if rule.matches(annotations, identity):
             return base.with_overrides(rule.overrides, rule.name)
     return base
 
@@ -122,4 +148,5 @@ POLICY_KEYS: dict[str, type | tuple[str, ...]] = {
     "driver-capabilities": ALL_DRIVER_CAPABILITIES,
     "mig-config": MigConfig,
     "device-nodes": DeviceNodes,
+    "allocation": AllocationRule,
 }

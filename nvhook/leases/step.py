@@ -137,7 +137,9 @@ def _decide(evaluation: Evaluation, live: Table, holder: Holder,
     policy = before.policy
     assert isinstance(evaluation.inventory, Inventory)
     held = rules.held(live.leases, holder.container, policy.leases, evaluation.inventory)
-    decision = decide(evaluation.request, evaluation.inventory, policy, evaluation.spec, held)
+    # The re-decision keeps the kubelet's allocation binding of the first one.
+    decision = decide(evaluation.request, evaluation.inventory, policy, evaluation.spec, held,
+                      allocation=evaluation.allocation, unallocated=evaluation.unallocated)
     granted: Iterable[str] = ()
     if decision.outcome in (Outcome.ALLOW, Outcome.REWRITE):
         # Audit mode lets a collision through but never records a second holder.

@@ -30,6 +30,7 @@ def as_json(e: Evaluation, leases: LeaseStep | None = None) -> dict[str, Any]:
             {"error": str(inventory)} if isinstance(inventory, InventoryError)
             else inventory.as_json() if inventory is not None else None
         ),
+        "allocation": e.allocation_json(),
     }
     if d.policy.leases.active:
         out["leases"] = {"mode": d.policy.leases.mode.value,
@@ -67,6 +68,15 @@ def as_text(e: Evaluation, leases: LeaseStep | None = None) -> str:
     ]
     if isinstance(e.inventory, InventoryError):
         rows.append(("inventory", f"unavailable: {e.inventory}"))
+    if e.identity is not None:
+        rows.append(("pod", f"{e.identity.name} ({e.identity.runtime}"
+                     + (", sandbox)" if e.identity.sandbox else ")")))
+    allocation = e.allocation_json()
+    if allocation is not None:
+        rows.append(("allocation", f"error: {allocation['error']}" if "error" in allocation
+                     else f"{allocation['source']}: "
+                     + (", ".join(allocation.get("allocated") or [])  # type: ignore[arg-type]
+                        or "no GPU")))
     rows.append(("decision", d.outcome.value + (f" (rule {d.policy.rule})" if d.policy.rule
                                                  else "")))
     rows.append(("granted", ", ".join(d.granted) or "-"))

@@ -1,0 +1,163 @@
+"""The container's allocation, from the kubelet: sources tried in order, resource names
+matched by pattern, device ids as NVIDIA's device plugin hands them out.
+
+Ids come back as the plugin wrote them, less the ``::N`` replica suffix of time-slicing
+and MPS (replicas are the same device, shared). Mapping them onto the live inventory
+(UUIDs, MIG UUIDs, or indices under ``--device-id-strategy=index``) is the decision's job,
+which has the inventory.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from nvhook.errors import AllocationError
+from nvhook.kube import checkpoint
+from nvhook.kube.identity import Identity
+
+PODRESOURCES = "podresources"
+CHECKPOINT = "checkpoint"
+SOURCES = (PODRESOURCES, CHECKPOINT)
+
+
+class Binding(StrEnum):
+    AUTO = "auto"  # on when the container has a CRI identity and a source exists
+    ON = "on"  # required: no readable source is a denial
+    OFF = "off"
+
+
+class Unallocated(StrEnum):
+    VOID = "void"  # a GPU request with no allocation runs without GPUs, audited
+    DENY = "deny"
+
+
+@dataclass(frozen=True)
+class KubeSettings:
+    allocation: Binding = Binding.AUTO
+    socket: Path = Path("/var/lib/kubelet/pod-resources/kubelet.sock")
+    checkpoint: Path = Path("/var/lib/kubelet/device-plugins/kubelet_internal_checkpoint")
+    sources: tuple[str, ...] = SOURCES
+    resources: tuple[str, ...] = ("nvidia.com/gpu", "nvidia.com/gpu.shared", "nvidia.com/mig-*")
+    timeout: float = 2.0
+    unallocated: Unallocated = Unallocated.VOID
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """What the kubelet allocated to one container, over the configured resource names."""
+
+    source: str
+    identity: Identity
+    # (resource name, device id without its replica suffix), in the kubelet's order.
+    devices: tuple[tuple[str, str], ...] = ()
+    cdi_devices: tuple[str, ...] = ()
+    notes: tuple[str, ...] = field(default=(), compare=False)
+
+    @property
+    def ids(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(i for _, i in self.devices))
+
+    def as_json(self) -> dict[str, Any]:
+        return {"source": self.source, "identity": self.identity.as_json(),
+                "devices": [{"resource": r, "id": i} for r, i in self.devices],
+                "cdi_devices": list(self.cdi_devices)}
+
+
+def strip_replica(device_id: str) -> str:
+    """``GPU-x::3`` -> ``GPU-x``: a time-slicing/MPS replica is the device itself, shared."""
+    base, sep, n = device_id.rpartition("::")
+    return base if sep and n.isdigit() and base else device_id
+
+
+def matches(resource: str, patterns: tuple[str, ...]) -> bool:
+    return any(fnmatch.fnmatchcase(resource, p) for p in patterns)
+
+
+def applies(settings: KubeSettings, identity: Identity | None) -> bool:
+    """Whether the container is bound to an allocation at all."""
+    if settings.allocation is Binding.OFF or identity is None:
+        return False
+    if settings.allocation is Binding.ON:
+        return True
+    return any(_source_path(settings, s).exists() for s in settings.sources)
+
+
+def lookup(settings: KubeSettings, identity: Identity) -> Allocation:
+    """The allocation, from the first source that knows the container. Raises
+    ``AllocationError`` when none could be read: the caller denies, never falls back
+    to the static policy."""
+    if identity.conflicts:
+        raise AllocationError("containerd's and CRI-O's pod annotations disagree on "
+                              + ", ".join(identity.conflicts))
+    if not identity.complete:
+        raise AllocationError("pod identity incomplete: no " + ", ".join(identity.missing))
+    if identity.uid_mismatch:
+        raise AllocationError(f"pod UID {identity.pod_uid} is not the UID in the cgroup path "
+                              f"({identity.cgroup_uid})")
+    errors: list[str] = []
+    unlisted = 0
+    for source in settings.sources:
+        path = _source_path(settings, source)
+        if not path.exists():
+            errors.append(f"{source}: {path} does not exist")
+            continue
+        try:
+            found = (_from_podresources if source == PODRESOURCES
+                     else _from_checkpoint)(settings, identity)
+        except AllocationError as e:
+            errors.append(str(e))
+            continue
+        if found is not None:
+            return found
+        errors.append(f"{source}: container {identity.container!r} not listed")
+        unlisted += 1
+    if errors and unlisted == len(errors):
+        # Every source answered, none lists the container: it was allocated nothing.
+        return Allocation("+".join(settings.sources), identity, notes=tuple(errors))
+    raise AllocationError("kubelet allocation unavailable: " + "; ".join(errors))
+
+
+def _source_path(settings: KubeSettings, source: str) -> Path:
+    return settings.socket if source == PODRESOURCES else settings.checkpoint
+
+
+def _from_podresources(settings: KubeSettings, identity: Identity) -> Allocation | None:
+    from nvhook.kube import podresources  # grpc and protobuf: the GPU path only
+
+    assert identity.namespace and identity.pod
+    try:
+        pod = podresources.lookup(settings.socket, identity.namespace, identity.pod,
+                                  settings.timeout)
+    except podresources.NotFound:
+        # A pod the kubelet does not list has no devices: say so, let a later source speak.
+        return None
+    for c in pod.containers:
+        if c.name == identity.container:
+            return Allocation(PODRESOURCES, identity, tuple(
+                (d.resource, strip_replica(i)) for d in c.devices
+                if matches(d.resource, settings.resources) for i in d.device_ids),
+                c.cdi_devices)
+    # List leaves classic init containers out: the checkpoint has them.
+    return None
+
+
+def _from_checkpoint(settings: KubeSettings, identity: Identity) -> Allocation | None:
+    if not identity.pod_uid:
+        raise AllocationError(f"{CHECKPOINT}: no pod UID in the annotations to look it up by")
+    try:
+        entries = checkpoint.read(settings.checkpoint)
+    except FileNotFoundError:
+        raise AllocationError(f"{CHECKPOINT}: {settings.checkpoint} vanished") from None
+    uid = identity.pod_uid.lower()
+    mine = [e for e in entries if e.pod_uid.lower() == uid]
+    if not mine:
+        return None
+    devices = tuple((e.resource, strip_replica(i)) for e in mine
+                    if e.container == identity.container and matches(e.resource,
+                                                                     settings.resources)
+                    for i in e.device_ids)
+    return Allocation(CHECKPOINT, identity, devices)

@@ -1,0 +1,85 @@
+"""The kubelet device manager's checkpoint file, read-only.
+
+``{"Data": {"PodDeviceEntries": [{"PodUID", "ContainerName", "ResourceName",
+"DeviceIDs": {"<numa>": [ids]} | [ids], "AllocResp"}], ...}, "Checksum": N}``. Newer
+kubelets key ``DeviceIDs`` by NUMA node, older ones wrote a plain list: both are read.
+Internal and unversioned, but it carries the pod UID and classic init containers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from nvhook.errors import AllocationError
+
+# A node's checkpoint is a few KiB per pod; a file far past that is not the kubelet's.
+MAX_BYTES = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Entry:
+    pod_uid: str
+    container: str
+    resource: str
+    device_ids: tuple[str, ...]
+
+
+def read(path: Path) -> tuple[Entry, ...]:
+    """Raises ``FileNotFoundError`` when absent, ``AllocationError`` when unreadable."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        raise AllocationError(f"checkpoint {path}: cannot open: {e.strerror}") from None
+    with os.fdopen(fd, "rb") as f:
+        data = f.read(MAX_BYTES + 1)
+    if len(data) > MAX_BYTES:
+        raise AllocationError(f"checkpoint {path}: larger than {MAX_BYTES} bytes")
+    return parse(data, str(path))
+
+
+def parse(data: bytes, where: str = "checkpoint") -> tuple[Entry, ...]:
+    try:
+        doc = json.loads(data)
+    except (ValueError, RecursionError) as e:
+        raise AllocationError(f"{where}: not valid JSON: {e}") from None
+    entries = doc.get("Data", {}).get("PodDeviceEntries") if isinstance(doc, dict) else None
+    if isinstance(doc, dict) and isinstance(doc.get("Data"), dict) and entries is None:
+        return ()
+    if not isinstance(entries, list):
+        raise AllocationError(f"{where}: Data.PodDeviceEntries: expected a list")
+    out = []
+    for i, e in enumerate(entries):
+        at = f"{where}: Data.PodDeviceEntries[{i}]"
+        if not isinstance(e, dict):
+            raise AllocationError(f"{at}: expected an object")
+        fields = []
+        for key in ("PodUID", "ContainerName", "ResourceName"):
+            value = e.get(key)
+            if not isinstance(value, str) or not value:
+                raise AllocationError(f"{at}.{key}: expected a non-empty string")
+            fields.append(value)
+        out.append(Entry(fields[0], fields[1], fields[2], _device_ids(e.get("DeviceIDs"),
+                                                                      f"{at}.DeviceIDs")))
+    return tuple(out)
+
+
+def _device_ids(value: object, at: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, list):  # kubelets before the NUMA-keyed form
+        lists = [value]
+    elif isinstance(value, dict):
+        lists = [value[k] for k in sorted(value)]
+    else:
+        raise AllocationError(f"{at}: expected a list or a NUMA-node map of lists")
+    ids: list[str] = []
+    for ids_of in lists:
+        if not isinstance(ids_of, list) or not all(isinstance(i, str) for i in ids_of):
+            raise AllocationError(f"{at}: expected lists of strings")
+        ids.extend(ids_of)
+    return tuple(dict.fromkeys(ids))
