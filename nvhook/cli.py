@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
+import typer.core
+import typer.main
 
 from nvhook import config as config_mod
 from nvhook.errors import ExitStatus
@@ -21,10 +23,15 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
+# -h as well as --help; subcommands inherit it from the root's context (runtime has none:
+# every argument it gets is runc's).
+CONTEXT = {"help_option_names": ["-h", "--help"]}
+
 app = typer.Typer(
-    add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain click help: no boxes, metavars as words (FILE, DIR)
+    context_settings=CONTEXT,
     help="nvhook: gate which GPUs a container may have, then hand over to NVIDIA's hook.",
 )
 
@@ -34,21 +41,86 @@ def _guard(fn: Callable[[], T]) -> T:
 
 
 def run(argv: list[str]) -> None:
-    """Run the typer app. Usage errors are typer's (exit 2); everything a command
-    raises has already gone through ``_guard``, and anything else is still one line."""
-    _guard(lambda: app(args=argv, prog_name="nvhook"))
+    """Run the typer app. A usage error (unknown command or option, a missing option or
+    value) is one ``nvhook: ...`` line and exit 2, like every other failure; everything a
+    command raises has already gone through ``_guard``."""
+    status = _guard(lambda: _invoke(argv))
+    sys.exit(status if isinstance(status, int) else 0)
+
+
+def _invoke(argv: list[str]) -> object:
+    from nvhook.errors import UsageError
+
+    usage_error, no_args, click_error = _click_errors()
+    try:
+        return app(args=argv, prog_name="nvhook", standalone_mode=False)
+    except no_args as e:  # `nvhook`, `nvhook config`: the help, as click prints it
+        print(e.ctx.get_help() if e.ctx else e.format_message())
+        return int(ExitStatus.USAGE)
+    except usage_error as e:
+        raise UsageError(usage_line(e, argv)) from None
+    except click_error as e:  # e.g. a file option click could not open
+        raise UsageError(e.format_message()) from None
+
+
+def _click_errors() -> tuple[type[Exception], type[Exception], type[Exception]]:
+    """click's UsageError, NoArgsIsHelpError, ClickException: vendored by typer >= 0.22."""
+    try:
+        from typer._click import exceptions as ce  # type: ignore[import-not-found]
+    except ImportError:  # older typer depends on click itself
+        from click import exceptions as ce  # type: ignore[import-not-found,no-redef]
+    no_args = getattr(ce, "NoArgsIsHelpError", type("NoArgsIsHelpError", (Exception,), {}))
+    return ce.UsageError, no_args, ce.ClickException
+
+
+def usage_line(e: Exception, argv: list[str]) -> str:
+    """``explain: missing option '--bundle' (see nvhook explain --help)``."""
+    from nvhook.hookargs import stage_word
+
+    ctx = getattr(e, "ctx", None)
+    if ctx is not None:
+        path = ctx.command_path
+    else:  # click parses some options before it has a context for the command
+        word = stage_word(argv)
+        path = f"nvhook {word}" if word in typer.main.get_command(app).commands else "nvhook"
+    message = e.format_message().strip().rstrip(".")  # type: ignore[attr-defined]
+    message = message[:1].lower() + message[1:]
+    where = path.removeprefix("nvhook").strip()
+    return f"{where + ': ' if where else ''}{message} (see {path} --help)"
 
 
 ConfigOpt = Annotated[
     str | None,
-    typer.Option("--config", help="nvhook's TOML config (default: $NVHOOK_CONFIG, then "
-                 "/etc/nvhook/config.toml).", show_default=False),
+    typer.Option("--config", metavar="FILE", help="nvhook's TOML config (default: "
+                 "$NVHOOK_CONFIG, then /etc/nvhook/config.toml).", show_default=False),
+]
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from nvhook import __version__
+
+        print(f"nvhook {__version__}")
+        raise typer.Exit(0)
+
+
+VersionOpt = Annotated[
+    bool,
+    typer.Option("--version", help="Print nvhook's version and exit.", is_eager=True,
+                 callback=_print_version),
 ]
 
 
 @app.callback()
-def _main(ctx: typer.Context, config: ConfigOpt = None) -> None:
+def _main(ctx: typer.Context, config: ConfigOpt = None, version: VersionOpt = False) -> None:
     ctx.obj = config
+
+
+InventoryOpt = Annotated[
+    Path | None,
+    typer.Option("--inventory", metavar="FILE", help="A JSON inventory file instead of NVML.",
+                 show_default=False),
+]
 
 
 def load_config(ctx: typer.Context) -> config_mod.Config:
@@ -90,10 +162,9 @@ def leases(
 @app.command()
 def explain(
     ctx: typer.Context,
-    bundle: Annotated[Path, typer.Option("--bundle", help="The OCI bundle directory.")],
-    inventory: Annotated[
-        Path | None, typer.Option("--inventory", help="A JSON inventory file instead of NVML.")
-    ] = None,
+    bundle: Annotated[Path, typer.Option("--bundle", metavar="DIR",
+                                         help="The OCI bundle directory.")],
+    inventory: InventoryOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Show what the hook would do to a bundle, and why."""
@@ -106,6 +177,11 @@ def explain(
         from nvhook.leases import step as lease_step
 
         config = load_config(ctx)
+        if inventory is not None:
+            # A typo in --inventory is exit 7 (INVENTORY), never a policy denial (3).
+            from nvhook.gpus.inventory import load_file
+
+            load_file(inventory)
         evaluation = evaluate(spec_mod.load(bundle), config, inventory)
         evaluation, leased = lease_step.preview(evaluation, config)
         if as_json:
@@ -141,10 +217,18 @@ def _verbatim_args(parsed: list[str], command: str) -> list[str]:
 @app.command(
     context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
     add_help_option=False,
+    options_metavar="RUNC-ARGS...",
 )
 def runtime(ctx: typer.Context) -> None:
-    """Stand in for runc (Docker, containerd): judge the bundle on `create`, then exec
-    the real runtime with the same arguments."""
+    """Stand in for runc (Docker, containerd): judge the bundle, then exec the real runtime.
+
+    On create, run and restore, nvhook reads the bundle named by --bundle, decides, and
+    (allow or rewrite) edits config.json atomically before it execs the low-level runtime
+    ([runtime] path, default runc) with the same arguments. Every other subcommand is
+    passed straight through. All arguments are runc's, --help and -h included, so this
+    page is only reachable as `nvhook help runtime`. A refusal is one `nvhook: denied:`
+    line on stderr and in the runtime's --log, which is what Docker and containerd show.
+    Register it with `nvhook install --engine docker` or `--engine containerd`."""
     import os
 
     from nvhook.exits import describe
@@ -189,9 +273,7 @@ def precreate(ctx: typer.Context) -> None:
 @app.command()
 def devices(
     ctx: typer.Context,
-    inventory: Annotated[
-        Path | None, typer.Option("--inventory", help="A JSON inventory file instead of NVML.")
-    ] = None,
+    inventory: InventoryOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the inventory as JSON.")] = False,
 ) -> None:
     """List the GPUs and MIG devices nvhook sees, with the ids a request may use."""
@@ -214,32 +296,38 @@ def devices(
 
 PrefixOpt = Annotated[
     Path | None,
-    typer.Option("--prefix", help="Prepend DIR to every absolute path nvhook picks or is "
-                 "given (tests, packaging).", show_default=False),
+    typer.Option("--prefix", metavar="DIR", help="Prepend DIR to every absolute path nvhook "
+                 "picks or is given (tests, packaging).", show_default=False),
 ]
 HooksDirOpt = Annotated[
     Path | None,
-    typer.Option("--hooks-dir", help="The hooks.d (or Sarus hooks) directory.",
+    typer.Option("--hooks-dir", metavar="DIR", help="The hooks.d (or Sarus hooks) directory.",
                  show_default=False),
 ]
 NvidiaConfigOpt = Annotated[
     Path | None,
-    typer.Option("--nvidia-config", help="NVIDIA's config.toml.", show_default=False),
+    typer.Option("--nvidia-config", metavar="FILE", help="NVIDIA's config.toml.",
+                 show_default=False),
+]
+
+
+EngineOpt = Annotated[
+    str, typer.Option("--engine", metavar="ENGINE", help="podman | crio | sarus | docker | "
+                      "containerd", show_default=False),
 ]
 
 
 @app.command()
 def install(
     ctx: typer.Context,
-    engine: Annotated[str, typer.Option("--engine", help="podman | crio | sarus | docker | "
-                                        "containerd", show_default=False)],
+    engine: EngineOpt,
     prefix: PrefixOpt = None,
     hooks_dir: HooksDirOpt = None,
     nvidia_config: NvidiaConfigOpt = None,
     nvhook_path: Annotated[
         Path | None,
-        typer.Option("--nvhook-path", help="The nvhook executable engines run (default: the "
-                     "installed console script).", show_default=False),
+        typer.Option("--nvhook-path", metavar="PATH", help="The nvhook executable engines run "
+                     "(default: the installed console script).", show_default=False),
     ] = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print a diff; write nothing.")
@@ -310,8 +398,7 @@ def _render_plan(plan: object, dry_run: bool, apply: Callable[[object], tuple]) 
 
 @app.command()
 def uninstall(
-    engine: Annotated[str, typer.Option("--engine", help="podman | crio | sarus | docker | "
-                                        "containerd", show_default=False)],
+    engine: EngineOpt,
     prefix: PrefixOpt = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print a diff; write nothing.")
@@ -341,8 +428,9 @@ def doctor(
     prefix: PrefixOpt = None,
     hooks_dir: Annotated[
         list[Path] | None,
-        typer.Option("--hooks-dir", help="A hooks.d directory to inspect (repeatable; default: "
-                     "/usr/share/containers/oci/hooks.d and /etc/containers/oci/hooks.d).",
+        typer.Option("--hooks-dir", metavar="DIR", help="A hooks.d directory to inspect "
+                     "(repeatable; default: /usr/share/containers/oci/hooks.d and "
+                     "/etc/containers/oci/hooks.d).",
                      show_default=False),
     ] = None,
     nvidia_config: NvidiaConfigOpt = None,
@@ -372,18 +460,64 @@ def doctor(
             docker_socket=docker_socket,
             containerd_socket=containerd_socket,
         ))
-        for check in checks:
-            print(check.line())
+        for row in doctor_mod.render(checks):
+            print(row)
         return int(ExitStatus.DOCTOR) if doctor_mod.failed(checks) else 0
 
     raise typer.Exit(_guard(go))
 
 
-config_app = typer.Typer(no_args_is_help=True, help="Edit nvhook's config file.")
+class WordsCommand(typer.core.TyperCommand):
+    """Arguments read as words: ``config set KEY VALUE``, not typer's ``{key} {value}``
+    and ``key <str>``."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        for param in self.params:
+            if isinstance(param, typer.core.TyperArgument):
+                param.metavar = param.metavar or (param.name or "").upper()
+                param.display_type_rich = lambda ctx: None  # type: ignore[method-assign]
+
+    def collect_usage_pieces(self, ctx: typer.Context) -> list[str]:  # type: ignore[override]
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if isinstance(param, typer.core.TyperArgument):
+                pieces.append(param.metavar or "")
+        return pieces
+
+
+@app.command("help", cls=WordsCommand)
+def help_(
+    ctx: typer.Context,
+    words: Annotated[list[str] | None, typer.Argument(
+        metavar="COMMAND", help="A command, e.g. runtime or config set.", show_default=False)
+    ] = None,
+) -> None:
+    """Show the help of nvhook or of a command; `help runtime` explains the runtime shim,
+    whose own --help goes to runc."""
+    from nvhook.errors import UsageError
+
+    def go() -> None:
+        parent = ctx.parent
+        assert parent is not None
+        cmd, here = parent.command, parent
+        for word in words or []:
+            sub = getattr(cmd, "commands", {}).get(word)
+            if sub is None:
+                raise UsageError(f"help: no such command {word!r} (see nvhook --help)")
+            here = typer.Context(sub, info_name=word, parent=here)
+            cmd = sub
+        print(cmd.get_help(here))
+
+    _guard(go)
+
+
+config_app = typer.Typer(no_args_is_help=True, context_settings=CONTEXT, rich_markup_mode=None,
+                         help="Edit nvhook's config file.")
 app.add_typer(config_app, name="config")
 
 
-@config_app.command("set")
+@config_app.command("set", cls=WordsCommand)
 def config_set(
     ctx: typer.Context,
     key: Annotated[str, typer.Argument(help="Dotted key: policy.mode, delegate.path, ...")],

@@ -82,10 +82,17 @@ def config_path(explicit: str | None, environ: Mapping[str, str] = os.environ) -
     return DEFAULT_PATH, False
 
 
+MAX_CONFIG_BYTES = 1 << 20  # the commented default file is ~4 KiB
+
+
 def load(explicit: str | None = None, environ: Mapping[str, str] = os.environ) -> Config:
+    from nvhook import fileops
+
     path, named = config_path(explicit, environ)
     try:
-        data = path.read_bytes()
+        data = fileops.read_bounded(path, MAX_CONFIG_BYTES)
+    except fileops.TooLarge as e:
+        raise ConfigError(f"config file {e}") from None
     except FileNotFoundError:
         if named:
             raise ConfigError(f"{path}: config file does not exist") from None

@@ -17,6 +17,7 @@ from nvhook.hookargs import (
     NOOP_STAGES,
     config_option,
     normalize_argv,
+    plain_hook_call,
     stage_word,
     swarm_names,
 )
@@ -38,7 +39,7 @@ def main() -> None:
     stage = stage_word(argv)
     if stage in NOOP_STAGES:
         sys.exit(0)
-    if stage in HOOK_STAGES:
+    if stage in HOOK_STAGES and plain_hook_call(argv, stage):
         raw = _read_stdin()
         fast = fast_path(raw, config_option(argv))
         if fast is True:

@@ -124,6 +124,25 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+class TooLarge(ValueError):
+    """A file past the size a reader allows (``read_bounded``)."""
+
+    def __init__(self, path: Path, limit: int) -> None:
+        super().__init__(f"{path}: larger than {limit} bytes, refusing to read it")
+        self.limit = limit
+
+
+def read_bounded(path: Path, limit: int) -> bytes:
+    """The file's bytes, or ``TooLarge`` past ``limit`` bytes: never more than limit + 1
+    bytes are read, so /dev/zero or a runaway file cannot exhaust memory. OSErrors
+    (missing, unreadable) pass through for the caller to word in its own error class."""
+    with open(path, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise TooLarge(path, limit)
+    return data
+
+
 def read_optional(path: Path) -> bytes | None:
     """The file's bytes, or None when it does not exist."""
     try:

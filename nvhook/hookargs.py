@@ -15,6 +15,7 @@ NOOP_STAGES = frozenset({"poststart", "createContainer", "startContainer"})
 # poststop releases the container's GPU leases; a container that asked for no GPU
 # leaves there on the fast path, without touching the lease table.
 HOOK_STAGES = frozenset({"prestart", "createRuntime", "poststop"})
+MAX_CONFIG_BYTES = 1 << 20  # config.MAX_CONFIG_BYTES (a test keeps them equal)
 
 
 def normalize_argv(argv: list[str]) -> list[str]:
@@ -44,6 +45,25 @@ def stage_word(argv: list[str]) -> str | None:
     return None
 
 
+def plain_hook_call(argv: list[str], stage: str) -> bool:
+    """Only the stage word and ``--config PATH``: what engines run. Anything else
+    (``prestart --help``, a typo) goes to the CLI, which prints help or refuses it,
+    instead of the hook reading stdin and ignoring the extra words."""
+    skip = seen = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--config":
+            skip = True
+        elif arg.startswith("--config="):
+            continue
+        elif arg == stage and not seen:
+            seen = True
+        else:
+            return False
+    return True
+
+
 def config_option(argv: list[str]) -> str | None:
     """``--config PATH`` from argv, else $NVHOOK_CONFIG, else None (the default path)."""
     for i, arg in enumerate(argv):
@@ -61,9 +81,11 @@ def swarm_names(config_option: str | None) -> tuple[str, ...] | None:
     path = config_option or "/etc/nvhook/config.toml"
     try:
         with open(path, "rb") as f:
-            data = f.read()
+            data = f.read(MAX_CONFIG_BYTES + 1)
     except OSError:
         return ()
+    if len(data) > MAX_CONFIG_BYTES:
+        return None  # the full path refuses it with config.MAX_CONFIG_BYTES' message
     if b"swarm-resource" not in data:
         return ()
     from pathlib import Path

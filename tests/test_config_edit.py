@@ -122,3 +122,26 @@ def test_keeps_file_mode(conf: Path) -> None:
     conf.chmod(0o600)
     config_set(conf, "policy.mode", "audit")
     assert conf.stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize(
+    ("before", "key", "after"),
+    [
+        pytest.param('[policy]\nmode = "enforce"\n\n# the log\n[audit]\npath = "a"\n',
+                     "policy.all",
+                     '[policy]\nmode = "enforce"\nall = "never"\n\n# the log\n[audit]\n'
+                     'path = "a"\n', id="new key before the blank line and next comment"),
+        pytest.param('[policy]\nmode = "enforce"\n\n\n[audit]\npath = "a"\n', "policy.all",
+                     '[policy]\nmode = "enforce"\nall = "never"\n\n\n[audit]\npath = "a"\n',
+                     id="two blank lines kept"),
+        pytest.param('[policy]\nall = "always"\n\n[audit]\npath = "a"\n', "policy.all",
+                     '[policy]\nall = "never"\n\n[audit]\npath = "a"\n', id="replaced value"),
+    ],
+)
+def test_blank_lines_between_tables_are_kept(tmp_path: Path, before: str, key: str,
+                                             after: str) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(before)
+    code, out = config_set(path, key, "never")
+    assert code == 0, out
+    assert path.read_text() == after

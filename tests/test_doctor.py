@@ -16,6 +16,7 @@ from conftest import Node
 
 from nvhook.ops import install as install_mod
 
+ROW = re.compile(r"^(ok|warn|fail) +([\w.-]+) +(\S.*)$")
 LINE = re.compile(r"^(ok|warn|fail)  ([\w.-]+): .+$")
 HOOKS_D = "usr/share/containers/oci/hooks.d"
 NVIDIA_CONFIG = "etc/nvidia-container-runtime/config.toml"
@@ -45,11 +46,18 @@ class Site:
     def nvidia(self, text: str) -> None:
         (self.prefix / NVIDIA_CONFIG).write_text(text)
 
-    def doctor(self, **env_kw: Any) -> tuple[int, list[str]]:
-        proc = self.node.run(["doctor", "--prefix", str(self.prefix)], **env_kw)
+    def doctor(self, *args: str, **env_kw: Any) -> tuple[int, list[str]]:
+        """(status, rows as ``LEVEL  NAME: DETAIL``), after checking the real output's
+        columns line up and that every failing row says how to fix it."""
+        proc = self.node.run(["doctor", "--prefix", str(self.prefix), *args], **env_kw)
         assert proc.stderr == b"", proc.stderr
-        lines = proc.stdout.decode().splitlines()
-        return proc.returncode, lines
+        rows = proc.stdout.decode().splitlines()
+        cells = [ROW.match(row) for row in rows]
+        assert all(cells), rows
+        assert len({c.start(3) for c in cells if c}) == 1, "detail column not aligned"
+        for row in rows:
+            assert not row.startswith("fail") or " — fix: " in row, f"no fix: hint: {row}"
+        return proc.returncode, [f"{c[1]}  {c[2]}: {c[3]}" for c in cells if c]
 
 
 @pytest.fixture
@@ -178,3 +186,19 @@ def test_unwritable_audit_dir_fails(site: Site, tmp_path: Path) -> None:
     code, lines = site.doctor()
     assert code == 10
     assert any(line.startswith("fail  audit:") for line in lines), lines
+
+
+@pytest.mark.parametrize(
+    ("name", "needle"),
+    [
+        pytest.param("missing", "does not exist", id="missing"),
+        pytest.param("a-file", "is not a directory", id="a file"),
+    ],
+)
+def test_hooks_dir_that_is_not_a_directory_fails_clearly(site: Site, name: str,
+                                                         needle: str) -> None:
+    (site.prefix / "a-file").write_text("x")
+    code, lines = site.doctor("--hooks-dir", f"/{name}")
+    assert code == 10
+    want = f"fail  hooks.d: {site.prefix}/{name}: --hooks-dir {needle}"
+    assert any(line.startswith(want) for line in lines), lines

@@ -62,9 +62,12 @@ def test_nvhook_8_names_nothing_stale() -> None:
     live = {" ".join(p) for p, _ in commands(CLICK)}
     documented = set(re.findall(r'^\.SS "nvhook (.+)"$', MAN8, re.M))
     assert documented == live
-    flags = set(re.findall(r"(?<![\w-])(--[a-z][a-z-]*)", MAN8.split(".SH EXIT STATUS")[0]))
+    # The options the page documents: each .TP entry's tag line (prose may name runc's).
+    tags = re.findall(r"^\.TP\n(.*)$", MAN8.split(".SH EXIT STATUS")[0], re.M)
+    flags = {f for tag in tags for f in re.findall(r"(?<![\w-])(--?[a-z][a-z-]*)", tag)}
     known = {f for _, cmd in [((), CLICK), *commands(CLICK)] for p in cmd.params  # type: ignore[attr-defined]
-             for f in [*p.opts, *getattr(p, "secondary_opts", [])]} | {"--help"}
+             for f in [*p.opts, *getattr(p, "secondary_opts", [])]} | set(
+        CLICK.context_settings["help_option_names"])
     assert flags <= known, sorted(flags - known)
 
 

@@ -77,10 +77,13 @@ class Decision:
     # The whole edited document, only for REWRITE.
     doc: dict[str, Any] | None = field(default=None, compare=False)
     env: tuple[str, ...] = ()  # process.env after the decision
+    # What was dropped without being a violation (a channel set to "ignore"): the
+    # decision still says so, or an ignored request would look like a silent rewrite.
+    notes: tuple[str, ...] = ()
 
     @property
     def reasons(self) -> list[str]:
-        return [str(v) for v in self.violations]
+        return [str(v) for v in self.violations] + list(self.notes)
 
     @property
     def denial(self) -> str:
@@ -157,6 +160,7 @@ class _Judge:
         self.policy = policy
         self.spec = spec
         self.violations: list[Violation] = []
+        self.notes: list[str] = []
         # What NVIDIA's stack would attach if nothing were changed (for audit).
         self.requested: dict[str, None] = {}
         # The kubelet's allocation as lower-cased UUIDs (None: not bound); with
@@ -207,14 +211,15 @@ class _Judge:
             + [d for _, devs in mounts_kept for d in devs]
             + [d for _, devs in cdi_kept for d in devs]
         )
+        notes = tuple(self.notes)
         if self.policy.mode is Mode.AUDIT:
             return Decision(Outcome.ALLOW, self.policy, tuple(self.requested),
-                            tuple(self.violations), env=self.spec.env)
+                            tuple(self.violations), env=self.spec.env, notes=notes)
         if self.violations and (
             self.policy.mode is Mode.ENFORCE or not all(v.fixable for v in self.violations)
         ):
             return Decision(Outcome.DENY, self.policy, (), tuple(self.violations),
-                            env=self.spec.env)
+                            env=self.spec.env, notes=notes)
 
         env = self.rewrite_env(env_kept, env_none, caps, drop_mig)
         doc = copy.deepcopy(self.spec.doc)
@@ -226,15 +231,18 @@ class _Judge:
             doc["annotations"] = self.rewrite_annotations(cdi_kept)
         if doc == self.spec.doc:
             return Decision(Outcome.ALLOW, self.policy, granted, tuple(self.violations),
-                            env=self.spec.env)
+                            env=self.spec.env, notes=notes)
         return Decision(Outcome.REWRITE, self.policy, granted, tuple(self.violations), doc,
-                        env=env)
+                        env=env, notes=notes)
 
     # -- channels -----------------------------------------------------------
 
     def trusted(self, trust: Trust, key: str, label: str, what: str) -> bool:
         if trust is Trust.DENY:
             self.violate(label, f"{what} is not accepted", self.rule(key, trust.value))
+        elif trust is Trust.IGNORE:
+            self.notes.append(f"{label}: {what} is ignored, nothing granted through it "
+                              f"({self.rule(key, trust.value)})")
         return trust is Trust.ACCEPT
 
     def judge_env(self) -> tuple[list[tuple[str, list[Device]]], bool]:

@@ -256,9 +256,16 @@ def from_json(data: Mapping[str, Any], where: str = "inventory") -> Inventory:
     return Inventory(tuple(gpus), tuple(migs), driver, source="file")
 
 
+MAX_INVENTORY_BYTES = 4 << 20  # a node with 64 GPUs x 7 MIG devices is ~100 KiB
+
+
 def load_file(path: Path) -> Inventory:
+    from nvhook import fileops
+
     try:
-        data = json.loads(path.read_bytes())
+        data = json.loads(fileops.read_bounded(path, MAX_INVENTORY_BYTES))
+    except fileops.TooLarge as e:
+        raise InventoryError(f"inventory file {e}") from None
     except FileNotFoundError:
         raise InventoryError(f"{path}: inventory file does not exist") from None
     except OSError as e:

@@ -70,7 +70,10 @@ def set_value(path: Path, key: str, value_text: str) -> Edit:
     new_plain = value.unwrap() if hasattr(value, "unwrap") else value
     if old is not None and old_plain == new_plain and not created:
         return Edit(path, key, old_plain, new_plain, changed=False, created=False)
-    table[last] = value
+    if old is None:
+        _add_key(table, last, value)
+    else:
+        table[last] = value
     out = tomlkit.dumps(doc).encode("utf-8")
     try:
         config_mod.parse(out, path)
@@ -80,6 +83,21 @@ def set_value(path: Path, key: str, value_text: str) -> Edit:
         ) from None
     fileops.write_atomic(path, out, 0o644)
     return Edit(path, key, old_plain, new_plain, changed=True, created=created)
+
+
+def _add_key(table: Any, key: str, value: Any) -> None:
+    """Add ``key`` right after the table's last key, not after the blank lines and
+    comments that end it: those separate it from the next table (and a comment there
+    usually belongs to the next table)."""
+    container = getattr(table, "value", table)
+    body = getattr(container, "body", None)
+    insert_at = getattr(container, "_insert_at", None)  # tomlkit has no public insert
+    if body and insert_at is not None:
+        keys = [i for i, (k, _) in enumerate(body) if k is not None]
+        if keys and keys[-1] < len(body) - 1:
+            insert_at(keys[-1] + 1, key, value)
+            return
+    table[key] = value
 
 
 def _utf8(path: Path, data: bytes) -> str:

@@ -45,9 +45,17 @@ class Check:
     detail: str
     fix: str | None = None
 
-    def line(self) -> str:
+    def line(self, width: int = 0) -> str:
+        """``LEVEL  NAME  DETAIL — fix: HINT``, NAME padded to ``width`` (see ``render``)."""
         fix = f" — fix: {self.fix}" if self.fix else ""
-        return f"{self.level.value}  {self.name}: {self.detail}{fix}"
+        return f"{self.level.value:<4}  {self.name:<{width}}  {self.detail}{fix}"
+
+
+def render(checks: Iterable[Check]) -> list[str]:
+    """One row per check, in aligned columns."""
+    checks = list(checks)
+    width = max((len(c.name) for c in checks), default=0)
+    return [c.line(width) for c in checks]
 
 
 @dataclass(frozen=True)
@@ -87,7 +95,8 @@ def _policy(opts: Options) -> tuple[Config, Check]:
                                    "create it, or drop --config / NVHOOK_CONFIG")
         return Config(), Check(Level.OK, "policy", f"built-in defaults ({path} absent)")
     except OSError as e:
-        return Config(), Check(Level.FAIL, "policy", f"{path}: cannot read: {e.strerror}")
+        return Config(), Check(Level.FAIL, "policy", f"{path}: cannot read: {e.strerror}",
+                               "make it readable by root (the hook runs as root)")
     try:
         config = config_mod.parse(data, path)
     except NvhookError as e:
@@ -124,8 +133,9 @@ def _inventory(config: Config) -> list[Check]:
                'source = "file"')
         return [
             Check(Level.FAIL, "nvml", e.message, fix),
-            Check(Level.FAIL, "driver", "unknown: no inventory"),
-            Check(Level.FAIL, "gpus", "unknown: no inventory; every GPU request is denied"),
+            Check(Level.FAIL, "driver", "unknown: no inventory", "see the nvml row"),
+            Check(Level.FAIL, "gpus", "unknown: no inventory; every GPU request is denied",
+                  "see the nvml row"),
         ]
     driver = (Check(Level.OK, "driver", inv.driver_version) if inv.driver_version
               else Check(Level.WARN, "driver", "version not reported"))
@@ -145,7 +155,8 @@ def _delegate(config: Config) -> list[Check]:
     try:
         path = delegate.find(config.delegate)
     except NvhookError as e:
-        return [Check(Level.FAIL, "delegate", e.message)]  # the message says how to fix it
+        return [Check(Level.FAIL, "delegate", e.message,
+                      "install nvidia-container-toolkit")]
     if path is None:
         return [Check(Level.OK, "delegate", 'policy only (delegate.path = ""): NVIDIA\'s hook '
                       "must be registered separately")]
@@ -177,7 +188,8 @@ def _nvidia_mode(opts: Options, config: Config) -> Check:
                      "(mode auto resolves to CDI on toolkit >= 1.18)",
                      f"nvhook install --engine ... --nvidia-config {NVIDIA_CONFIG}")
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
-        return Check(Level.FAIL, "nvidia-mode", f"{path}: cannot read: {e}")
+        return Check(Level.FAIL, "nvidia-mode", f"{path}: cannot read: {e}",
+                     "fix the file: NVIDIA's hook cannot read it either")
     hook = doc.get("nvidia-container-runtime-hook", {})
     runtime = doc.get("nvidia-container-runtime", {})
     skip = isinstance(hook, dict) and hook.get("skip-mode-detection") is True
@@ -208,6 +220,13 @@ def _is_nvhook_hook(doc: object) -> bool:
 def _hooks_d(opts: Options, config: Config) -> list[Check]:
     dirs = [under(opts.prefix, d) for d in (opts.hooks_dirs or HOOKS_DIRS)]
     checks: list[Check] = []
+    for d in dirs if opts.hooks_dirs else []:
+        # A typo in --hooks-dir must not read as "no nvhook hook there".
+        if not d.is_dir():
+            what = "does not exist" if not d.exists() else "is not a directory"
+            checks.append(Check(Level.FAIL, "hooks.d", f"{d}: --hooks-dir {what}",
+                                "check the path (Podman reads /usr/share/containers/oci/"
+                                "hooks.d and /etc/containers/oci/hooks.d)"))
     ours: list[Path] = []
     for d in dirs:
         for f in sorted(d.glob("*.json")) if d.is_dir() else []:
@@ -245,7 +264,8 @@ def _hooks_d(opts: Options, config: Config) -> list[Check]:
 
 def _hook_path(f: Path, path: object) -> Check:
     if not isinstance(path, str) or not path:
-        return Check(Level.FAIL, "hooks.d", f"{f}: hook.path missing")
+        return Check(Level.FAIL, "hooks.d", f"{f}: hook.path missing",
+                     "nvhook install --engine podman (rewrites the file)")
     if not (os.path.isfile(path) and os.access(path, os.X_OK)):
         return Check(Level.FAIL, "hooks.d", f"{f}: hook.path {path} does not exist or is not "
                      "executable; Podman skips such a hook silently (fail-open)",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from nvhook.decision.decide import Outcome
 from nvhook.decision.evaluate import Evaluation
 from nvhook.decision.request import env_map, to_json
 from nvhook.errors import InventoryError
@@ -25,6 +26,8 @@ def as_json(e: Evaluation, leases: LeaseStep | None = None) -> dict[str, Any]:
         "granted": list(d.granted),
         "reasons": d.reasons,
         "env": nvidia_env(d.env),
+        # A denied container never starts: the env above is never seen by anything.
+        "starts": d.outcome is not Outcome.DENY,
         "policy": {"mode": d.policy.mode.value, "rule": d.policy.rule},
         "inventory": (
             {"error": str(inventory)} if isinstance(inventory, InventoryError)
@@ -82,8 +85,11 @@ def as_text(e: Evaluation, leases: LeaseStep | None = None) -> str:
     rows.append(("granted", ", ".join(d.granted) or "-"))
     rows += [("reason", reason) for reason in d.reasons]
     rows += lease_rows(e, leases)
-    after = nvidia_env(d.env)
-    rows += [("env after", f"{k}={v}") for k, v in after.items()] or [("env after", "-")]
+    if d.outcome is Outcome.DENY:
+        rows.append(("container", "gets nothing: the runtime aborts it, it never starts"))
+    else:
+        after = nvidia_env(d.env)
+        rows += [("env after", f"{k}={v}") for k, v in after.items()] or [("env after", "-")]
     width = max(len(k) for k, _ in rows)
     # Values quote the container's env and ids: one row stays one line on the terminal.
     return "\n".join(f"{k.ljust(width)}  {one_line(v)}" for k, v in rows)
