@@ -45,17 +45,22 @@ class Check:
     detail: str
     fix: str | None = None
 
-    def line(self, width: int = 0) -> str:
+    def line(self) -> str:
+        """``LEVEL  NAME: DETAIL — fix: HINT``: one check on its own (tests, logs)."""
+        fix = f" — fix: {self.fix}" if self.fix else ""
+        return f"{self.level.value}  {self.name}: {self.detail}{fix}"
+
+    def row(self, width: int) -> str:
         """``LEVEL  NAME  DETAIL — fix: HINT``, NAME padded to ``width`` (see ``render``)."""
         fix = f" — fix: {self.fix}" if self.fix else ""
         return f"{self.level.value:<4}  {self.name:<{width}}  {self.detail}{fix}"
 
 
 def render(checks: Iterable[Check]) -> list[str]:
-    """One row per check, in aligned columns."""
+    """What ``nvhook doctor`` prints: one row per check, in aligned columns."""
     checks = list(checks)
     width = max((len(c.name) for c in checks), default=0)
-    return [c.line(width) for c in checks]
+    return [c.row(width) for c in checks]
 
 
 @dataclass(frozen=True)
