@@ -436,13 +436,15 @@ def doctor(
     nvidia_config: NvidiaConfigOpt = None,
     docker_socket: Annotated[
         Path | None,
-        typer.Option("--docker-socket", help="Ask this dockerd for its runtimes (default: "
-                     "/var/run/docker.sock when it exists and no --prefix).", show_default=False),
+        typer.Option("--docker-socket", metavar="SOCKET",
+                     help="Ask this dockerd for its runtimes (default: /var/run/docker.sock "
+                     "when it exists and no --prefix).", show_default=False),
     ] = None,
     containerd_socket: Annotated[
         Path | None,
-        typer.Option("--containerd-socket", help="Ask this containerd whether its CRI plugin "
-                     "loaded (default: /run/containerd/containerd.sock, as above).",
+        typer.Option("--containerd-socket", metavar="SOCKET",
+                     help="Ask this containerd whether its CRI plugin loaded (default: "
+                     "/run/containerd/containerd.sock, as above).",
                      show_default=False),
     ] = None,
 ) -> None:
