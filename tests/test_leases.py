@@ -470,7 +470,9 @@ def test_leases_command_explain_and_doctor(node: Node, tmp_path: Path,
     assert holders(node) == {GPU0: ["a"], GPU1: ["b"]}  # explain and leases changed nothing
 
     doctor = node.run(["--config", str(node.config), "doctor", "--hooks-dir", str(tmp_path)])
-    [line] = [x for x in doctor.stdout.decode().splitlines() if x.startswith("warn  leases:")]
+    # doctor prints aligned columns: LEVEL  NAME  DETAIL
+    [line] = [x for x in doctor.stdout.decode().splitlines() if x.split()[:2] == ["warn",
+                                                                                "leases"]]
     assert f"2 lease(s), 1 stale, would reclaim: {GPU1} of container b: pid" in line
 
 
@@ -604,7 +606,9 @@ def test_doctor_says_whether_the_table_is_on_a_tmpfs(node: Node, tmp_path: Path,
                               text=True, check=True).stdout.strip()
         doctor = node.run(["--config", str(node.config), "doctor", "--hooks-dir",
                            str(tmp_path)])
-        [line] = [x for x in doctor.stdout.decode().splitlines() if " leases-dir: " in x]
+        # doctor's aligned columns, back in the one-check form ("LEVEL  NAME: DETAIL")
+        rows = [x.split(None, 2) for x in doctor.stdout.decode().splitlines()]
+        [line] = [f"{r[0]}  {r[1]}: {r[2]}" for r in rows if r[1] == "leases-dir"]
         if kind == "tmpfs":
             assert line == f"ok  leases-dir: {directory}: on a tmpfs"
         else:
