@@ -21,14 +21,15 @@ from nvhook.decision.evaluate import Evaluation, evaluate
 from nvhook.errors import DelegateError, DeniedError, NvhookError
 from nvhook.exits import guard
 from nvhook.hookargs import config_option, stage_word
-from nvhook.leases import liveness
-from nvhook.leases import step as lease_step
-from nvhook.leases.rules import Holder
 from nvhook.nvidia import delegate
 from nvhook.oci import spec as spec_mod
 from nvhook.oci import state as state_mod
 from nvhook.oci.state import Preloaded
 from nvhook.safetext import one_line
+
+TYPE_CHECKING = False  # not typing's, as in entry.py
+if TYPE_CHECKING:
+    from nvhook.leases.step import LeaseStep
 
 
 @dataclass(frozen=True)
@@ -58,9 +59,16 @@ def prestart(raw: bytes, config: Config, preloaded: Preloaded | None = None,
     else:
         spec = spec_mod.load(bundle)
     evaluation = evaluate(spec, config)
-    pid = state_doc.get("pid") if isinstance(state_doc.get("pid"), int) else None
-    holder = Holder(str(state_doc.get("id")), str(bundle), pid, liveness.start_time(pid))
-    evaluation, leased = lease_step.acquire(evaluation, config, holder)
+    leased = None
+    if evaluation.decision.policy.leases.active:
+        # Imported only here: a node without a lease policy never pays for them.
+        from nvhook.leases import liveness
+        from nvhook.leases import step as lease_step
+        from nvhook.leases.rules import Holder
+
+        pid = state_doc.get("pid") if isinstance(state_doc.get("pid"), int) else None
+        holder = Holder(str(state_doc.get("id")), str(bundle), pid, liveness.start_time(pid))
+        evaluation, leased = lease_step.acquire(evaluation, config, holder)
     warnings = _audit(config, evaluation, state_doc, leased)
     decision = evaluation.decision
     if decision.outcome is Outcome.SKIP:
@@ -88,6 +96,8 @@ def stopped(state_doc: dict[str, Any]) -> bool:
 def poststop(config: Config, state_doc: dict[str, Any]) -> tuple[str, ...]:
     """Release the container's leases. -> warnings: a failed release is reported and
     left to the next acquire's reconciliation, never turned into a failure."""
+    from nvhook.leases import step as lease_step
+
     container = str(state_doc.get("id"))
     try:
         released = lease_step.release(config, container)
@@ -104,7 +114,7 @@ def poststop(config: Config, state_doc: dict[str, Any]) -> tuple[str, ...]:
 
 
 def _audit(config: Config, evaluation: Evaluation, state_doc: dict[str, Any],
-           leased: lease_step.LeaseStep | None = None) -> tuple[str, ...]:
+           leased: LeaseStep | None = None) -> tuple[str, ...]:
     """-> warnings. An audit failure is reported, never turned into a failed start."""
     if not config.audit_path or evaluation.decision.outcome is Outcome.SKIP:
         return ()
