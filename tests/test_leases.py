@@ -484,6 +484,9 @@ def test_fifty_concurrent_starts_for_four_gpus(node: Node, tmp_path: Path,
     topology = fakenvml.write_topology(tmp_path / "topo", fakenvml.big_topology(4, 0))
     uuids = [g["uuid"] for g in fakenvml.big_topology(4, 0)]
     lease_config(node)
+    # 50 NVML inits at once on a slow, shared machine: no NVML timeout may decide the test.
+    with node.config.open("a") as f:
+        f.write("\n[inventory]\ntimeout = 600\n")
     env = node.env(topology=topology)
     procs = {}
     for i in range(50):
