@@ -211,7 +211,7 @@ class Inventory:
 
 
 def from_json(data: Mapping[str, Any], where: str = "inventory") -> Inventory:
-    """Build an inventory from the dry-run file format (see README)."""
+    """Build an inventory from the dry-run file format (docs/commands.md: Inventory file)."""
     if not isinstance(data, Mapping):
         raise InventoryError(f"{where}: expected a JSON object")
     gpus_raw = data.get("gpus")
