@@ -85,9 +85,10 @@ def record(config: Config, evaluation: Evaluation, container_id: str, stage: str
     """Audit every judged request; a failing audit log is a warning, never a failed start."""
     if not config.audit_path or evaluation.decision.outcome is Outcome.SKIP:
         return
-    entry = audit.record(evaluation, container_id, stage, evaluation.spec.annotations, leases)
     try:
+        entry = audit.record(evaluation, container_id, stage, evaluation.spec.annotations,
+                             leases)
         audit.append(config.audit_path, entry)
-    except OSError as e:
-        print(one_line(f"nvhook: warning: audit log {config.audit_path}: {e.strerror or e}"),
+    except Exception as e:  # of any type: the audit never fails the container
+        print(one_line(f"nvhook: warning: audit log {config.audit_path}: {audit.error_text(e)}"),
               file=sys.stderr)

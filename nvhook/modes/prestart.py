@@ -108,8 +108,8 @@ def poststop(config: Config, state_doc: dict[str, Any]) -> tuple[str, ...]:
     try:
         audit.append(config.audit_path, audit.release_record(container, "poststop",
                                                              [x.device for x in released]))
-    except OSError as e:
-        return (f"warning: audit log {config.audit_path}: {e.strerror or e}",)
+    except Exception as e:  # of any type: the audit never fails the container
+        return (f"warning: audit log {config.audit_path}: {audit.error_text(e)}",)
     return ()
 
 
@@ -118,13 +118,13 @@ def _audit(config: Config, evaluation: Evaluation, state_doc: dict[str, Any],
     """-> warnings. An audit failure is reported, never turned into a failed start."""
     if not config.audit_path or evaluation.decision.outcome is Outcome.SKIP:
         return ()
-    annotations = {**evaluation.spec.annotations, **(state_doc.get("annotations") or {})}
-    entry = audit.record(evaluation, str(state_doc.get("id")), "prestart", annotations,
-                         leased.as_json() if leased is not None else None)
     try:
+        annotations = {**evaluation.spec.annotations, **(state_doc.get("annotations") or {})}
+        entry = audit.record(evaluation, str(state_doc.get("id")), "prestart", annotations,
+                             leased.as_json() if leased is not None else None)
         audit.append(config.audit_path, entry)
-    except OSError as e:
-        return (f"warning: audit log {config.audit_path}: {e.strerror or e}",)
+    except Exception as e:  # of any type: the audit never fails the container
+        return (f"warning: audit log {config.audit_path}: {audit.error_text(e)}",)
     return ()
 
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
+from nvhook import audit
 from nvhook import config as config_mod
 from nvhook.config import SAFE_PATH, Config, InventorySource
 from nvhook.errors import NvhookError
@@ -286,6 +287,10 @@ def _audit(config: Config) -> Check:
         return Check(Level.OK, "audit", 'off (audit.path = "")')
     path = Path(config.audit_path)
     fix = "make the directory writable for root, or change audit.path"
+    unsafe = audit.check_path(config.audit_path)  # the hook refuses such a log
+    if unsafe:
+        return Check(Level.FAIL, "audit", f"{path}: refused: {unsafe}",
+                     "make the log and its directory root-owned and not group/world-writable")
     try:
         if path.exists():
             os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC))
