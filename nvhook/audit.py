@@ -91,8 +91,8 @@ def check_path(path: str) -> str | None:
         if reason:
             return reason
         st = os.lstat(target)
-    except FileNotFoundError:
-        return None
+    except OSError:
+        return None  # missing or unreadable: doctor's writability check words that
     if stat.S_ISLNK(st.st_mode):
         return f"{target} is a symlink"
     if not stat.S_ISREG(st.st_mode):
