@@ -7,7 +7,6 @@ before anything else is loaded (``spec`` costs ~10 ms of imports, mostly
 
 from __future__ import annotations
 
-import json  # entry imports it anyway
 import os  # loaded by the interpreter at start-up, like stat: free
 import stat
 
@@ -73,8 +72,49 @@ def loads_spec(text: str) -> Any:
     """
     if _has_surrogate_escape(text):
         raise GoWouldDiffer("a surrogate escape")  # lone ones are refused; pairs are rare
-    return json.loads(text, object_pairs_hook=_pairs, parse_int=_int, parse_float=_float,
-                      parse_constant=_constant)
+    return _loads(text)
+
+
+class _Decoder:
+    """What ``_json.make_scanner`` reads from a ``json.JSONDecoder``: the same hooks."""
+
+    strict = True
+    object_hook = None
+    memo: dict[str, str]
+
+    def __init__(self) -> None:
+        self.object_pairs_hook = _pairs
+        self.parse_int = _int
+        self.parse_float = _float
+        self.parse_constant = _constant
+        self.memo = {}
+
+
+def _loads(text: str) -> Any:
+    """``json.loads(text, <the hooks above>)`` through the C scanner that ``json`` itself
+    uses, without importing ``json``: ``json.decoder`` imports ``re``, which costs about
+    as much as the interpreter's start (measured on a regular install). Same scanner, same
+    hooks, same whitespace rule (`` \t\n\r``) and the same "extra data" refusal, so it
+    accepts and returns exactly what ``json.loads`` does; errors are ValueError."""
+    try:
+        from _json import make_scanner
+    except ImportError:  # an interpreter without the C accelerator
+        import json
+
+        return json.loads(text, object_pairs_hook=_pairs, parse_int=_int,
+                          parse_float=_float, parse_constant=_constant)
+    scan = make_scanner(_Decoder())
+    start = len(text) - len(text.lstrip(_WS))
+    try:
+        doc, end = scan(text, start)
+    except StopIteration:
+        raise ValueError("Expecting value") from None
+    if text[end:].strip(_WS):
+        raise ValueError("Extra data")
+    return doc
+
+
+_WS = " \t\n\r"
 
 
 def _has_surrogate_escape(text: str) -> bool:
