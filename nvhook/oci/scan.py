@@ -94,24 +94,26 @@ def _loads(text: str) -> Any:
     """``json.loads(text, <the hooks above>)`` through the C scanner that ``json`` itself
     uses, without importing ``json``: ``json.decoder`` imports ``re``, which costs about
     as much as the interpreter's start (measured on a regular install). Same scanner, same
-    hooks, same whitespace rule (`` \t\n\r``) and the same "extra data" refusal, so it
-    accepts and returns exactly what ``json.loads`` does; errors are ValueError."""
+    hooks, same whitespace rule (space, tab, newline, return); any failure or trailing data
+    goes to ``json.loads`` itself, so it accepts and returns exactly what that does."""
     try:
         from _json import make_scanner
-    except ImportError:  # an interpreter without the C accelerator
-        import json
 
-        return json.loads(text, object_pairs_hook=_pairs, parse_int=_int,
-                          parse_float=_float, parse_constant=_constant)
-    scan = make_scanner(_Decoder())
-    start = len(text) - len(text.lstrip(_WS))
-    try:
+        scan = make_scanner(_Decoder())
+        start = len(text) - len(text.lstrip(_WS))
         doc, end = scan(text, start)
-    except StopIteration:
-        raise ValueError("Expecting value") from None
-    if text[end:].strip(_WS):
-        raise ValueError("Extra data")
-    return doc
+        if not text[end:].strip(_WS):
+            return doc
+    except GoWouldDiffer:
+        raise
+    except Exception:  # any failure: json.loads itself words the error
+        pass
+    # The error path (and an interpreter without _json): json.loads, for its exact error.
+    # (The C scanner raises json.decoder's error type, so it needs json imported anyway.)
+    import json
+
+    return json.loads(text, object_pairs_hook=_pairs, parse_int=_int, parse_float=_float,
+                      parse_constant=_constant)
 
 
 _WS = " \t\n\r"
