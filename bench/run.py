@@ -355,6 +355,79 @@ def _bench_leases(node: Node, rounds: int, shm: Path) -> tuple[list[Row], list[V
     return rows, vs
 
 
+def bench_kubernetes(node: Node, rounds: int) -> tuple[list[Row], list[Variant]]:
+    """The GPU path bound to the kubelet's allocation: through a PodResources v1 lookup (a
+    real gRPC test kubelet in this process) and through the checkpoint file; and 50
+    containers starting at once against the kubelet's rate limit (burst 10, 100 QPS)."""
+    from kubelet import Ctr, TestKubelet, containerd_annotations, write_checkpoint
+
+    uid = "0f3e4a52-7b1c-4d2e-9a8b-1c2d3e4f5a6b"
+    socket = node.tmp / "kubelet.sock"
+    checkpoint = node.tmp / "kubelet_internal_checkpoint"
+    base = node.config.read_text()
+    cfg_pr = node.tmp / "config-kube-pr.toml"
+    cfg_pr.write_text(base + f'\n[kubernetes]\nsocket = "{socket}"\ncheckpoint = "{checkpoint}"\n'
+                      'sources = ["podresources"]\ntimeout = 10.0\n')
+    cfg_cp = node.tmp / "config-kube-cp.toml"
+    cfg_cp.write_text(base + f'\n[kubernetes]\nsocket = "{socket}"\ncheckpoint = "{checkpoint}"\n'
+                      'sources = ["checkpoint"]\n')
+    kubelet = TestKubelet(socket)
+    kubelet.add("bench", "train", uid, Ctr("main", {"nvidia.com/gpu": [fakenvml.GPU0_UUID]}))
+    for n in range(50):
+        gpu = fakenvml.GPU0_UUID if n % 2 else fakenvml.GPU1_UUID
+        kubelet.add("burst", f"p{n}", uid, Ctr("main", {"nvidia.com/gpu": [gpu]}))
+    write_checkpoint(checkpoint, kubelet.pods)
+
+    def bundle(pod: str, ns: str) -> Path:
+        b = node.bundle(["PATH=/bin", f"NVIDIA_VISIBLE_DEVICES={fakenvml.GPU0_UUID}"])
+        doc = json.loads((b / "config.json").read_text())
+        doc["annotations"] = containerd_annotations(ns, pod, uid, "main")
+        (b / "config.json").write_text(json.dumps(doc))
+        return b
+
+    def hook(name: str, cfg: Path, b: Path, rc: int = 0) -> Variant:
+        argv = [str(node.nvhook), "--config", str(cfg), "prestart"]
+        return Variant(name, lambda: list(argv), node.env(), node.state(b), rc)
+
+    train = bundle("train", "bench")
+    v_plain = node.hook("hook, GPU allow (no kubelet)", node.bundle(
+        ["PATH=/bin", f"NVIDIA_VISIBLE_DEVICES={fakenvml.GPU0_UUID}"]))
+    v_pr = hook("hook, GPU allow + PodResources Get", cfg_pr, train)
+    v_cp = hook("hook, GPU allow + checkpoint", cfg_cp, train)
+    vs = [v_plain, v_pr, v_cp]
+    burst_ok = False
+    data: dict[str, Any] = {}
+    with kubelet:
+        measure(vs, rounds, node.tmp)
+        kubelet.rate_limit = (10, 100.0)
+        bundles = [bundle(f"p{n}", "burst") for n in range(50)]
+        argv = [str(node.nvhook), "--config", str(cfg_pr), "prestart"]
+        start = time.perf_counter_ns()
+        pids = [spawn(argv, node.env(), node.state(b, f"burst-{n}"), node.tmp / f"burst{n}.err")
+                for n, b in enumerate(bundles)]
+        codes = [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in pids]
+        wall_ms = (time.perf_counter_ns() - start) / 1e6
+        want = [0 if n % 2 else 3 for n in range(50)]
+        burst_ok = codes == want
+        data = {"exit_codes": codes, "expected": want, "wall_ms": wall_ms,
+                "rejected_by_rate_limit": kubelet.calls["rejected"],
+                "calls": dict(kubelet.calls)}
+    rows = [
+        Row("3 GPU path", "GPU allow + PodResources lookup, absolute", fmt(v_pr), "-", None,
+            "<= 100 ms", valid(v_pr) and median_ms(v_pr.ns) <= 100,
+            {"measured": v_pr.summary(), "limit_ms": 100}),
+        Row("3 GPU path", "GPU allow + checkpoint lookup, absolute", fmt(v_cp), "-", None,
+            "<= 80 ms", valid(v_cp) and median_ms(v_cp.ns) <= 80,
+            {"measured": v_cp.summary(), "limit_ms": 80}),
+        ratio_row("3 GPU path", "GPU allow + PodResources vs GPU allow without", v_pr, v_plain,
+                  None),
+        Row("5 concurrency", "50 pods at once vs kubelet rate limit (10 burst, 100 QPS)",
+            f"{wall_ms:.0f} ms wall" if data else "-", "-", None, "all 50 decided correctly",
+            burst_ok, data),
+    ]
+    return rows, vs
+
+
 def bench_memory(node: Node, rounds: int) -> tuple[list[Row], list[Variant]]:
     """Peak RSS of each path, each run under the small RSS probe (see RSS_PROBE_C)."""
     probe = node.tmp / "rss-probe"
@@ -611,6 +684,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ("hook paths", lambda: bench_hook_paths(node, args.rounds)),
             ("growth", lambda: bench_growth(node, args.rounds)),
             ("leases", lambda: bench_leases(node, args.rounds)),
+            ("kubernetes", lambda: bench_kubernetes(node, args.rounds)),
             ("concurrency", lambda: bench_concurrency(node, args.concurrency_rounds)),
             ("memory", lambda: bench_memory(node, max(3, args.rounds // 6))),
         ]

@@ -15,7 +15,7 @@ import typer.core
 import typer.main
 
 from nvhook import config as config_mod
-from nvhook.errors import ExitStatus
+from nvhook.errors import ExitStatus, UsageError
 from nvhook.exits import guard
 
 if TYPE_CHECKING:
@@ -162,12 +162,19 @@ def leases(
 @app.command()
 def explain(
     ctx: typer.Context,
-    bundle: Annotated[Path, typer.Option("--bundle", metavar="DIR",
-                                         help="The OCI bundle directory.")],
+    bundle: Annotated[Path | None, typer.Option("--bundle", metavar="DIR",
+                                                help="The OCI bundle directory.")] = None,
     inventory: InventoryOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    pod: Annotated[
+        str | None, typer.Option("--pod", help="NAMESPACE/POD: show the kubelet's allocation "
+                                 "and what a container of that pod would get.")
+    ] = None,
+    container: Annotated[
+        str | None, typer.Option("--container", help="With --pod: only this container.")
+    ] = None,
 ) -> None:
-    """Show what the hook would do to a bundle, and why."""
+    """Show what the hook would do to a bundle (or a pod's containers), and why."""
     from nvhook.decision.decide import Outcome
     from nvhook.decision.evaluate import evaluate
     from nvhook.oci import spec as spec_mod
@@ -182,6 +189,13 @@ def explain(
             from nvhook.gpus.inventory import load_file
 
             load_file(inventory)
+        if pod is not None or bundle is None:
+            namespace, _, name = (pod or "").partition("/")
+            if bundle is not None or not namespace or not name or "/" in name:
+                raise UsageError("give either --bundle DIR or --pod NAMESPACE/POD")
+            view = explain_mod.pod_view(config, namespace, name, container, inventory)
+            print(json.dumps(view, indent=2) if as_json else explain_mod.pod_text(view))
+            return 0
         evaluation = evaluate(spec_mod.load(bundle), config, inventory)
         evaluation, leased = lease_step.preview(evaluation, config)
         if as_json:

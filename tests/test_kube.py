@@ -4,6 +4,8 @@ kubelet) on a unix socket and real checkpoint files, with the fake node's invent
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,6 +28,7 @@ from nvhook.oci.spec import from_document
 UID_A = "0f3e4a52-7b1c-4d2e-9a8b-1c2d3e4f5a6b"
 UID_B = "7d1c2b3a-4e5f-4a6b-8c7d-9e0f1a2b3c4d"
 VISIBLE = "NVIDIA_VISIBLE_DEVICES"
+NVHOOK = Path(sys.executable).with_name("nvhook")
 
 
 @dataclass
@@ -356,3 +359,59 @@ def test_lookup_needs_complete_identity() -> None:
     assert ident is not None
     with pytest.raises(AllocationError, match="incomplete"):
         lookup(KubeSettings(), ident)
+
+
+def _cli(kube: KubeNode, *args: str) -> subprocess.CompletedProcess[str]:
+    cfg = kube.root / "cli.toml"
+    cfg.write_text(f'[kubernetes]\nsocket = "{kube.socket}"\n'
+                   f'checkpoint = "{kube.checkpoint}"\n[audit]\npath = ""\n')
+    return subprocess.run([str(NVHOOK), "--config", str(cfg), *args], capture_output=True,
+                          text=True, timeout=60, check=False)
+
+
+def test_explain_pod_shows_allocation_and_outcome(kube: KubeNode) -> None:
+    r = _cli(kube, "explain", "--pod", "team-a/train", "--inventory", str(kube.inventory),
+             "--json")
+    assert r.returncode == 0, r.stderr
+    view = json.loads(r.stdout)
+    (c,) = view["containers"]
+    assert (c["container"], c["decision"], c["granted"]) == ("main", "allow", [GPU0_UUID])
+    cpu = json.loads(_cli(kube, "explain", "--pod", "team-a/cpu-job", "--container", "main",
+                          "--inventory", str(kube.inventory), "--json").stdout)
+    assert cpu["containers"][0]["decision"] == "rewrite"  # void
+    missing = _cli(kube, "explain", "--pod", "team-a/nope")
+    assert missing.returncode == 3 and missing.stderr.startswith("nvhook: ")
+    assert "Traceback" not in missing.stderr
+
+
+def test_explain_json_has_allocation_object(kube: KubeNode) -> None:
+    bundle = kube.root / "bundle"
+    bundle.mkdir()
+    (bundle / "config.json").write_text(json.dumps(
+        {"ociVersion": "1.0.2", "process": {"env": [f"{VISIBLE}={GPU1_UUID}"]},
+         "annotations": cd()}))
+    r = _cli(kube, "explain", "--bundle", str(bundle), "--inventory", str(kube.inventory),
+             "--json")
+    doc = json.loads(r.stdout)
+    assert r.returncode == 3
+    assert doc["allocation"]["source"] == "podresources"
+    assert doc["allocation"]["allocated"] == [GPU0_UUID]
+    assert doc["allocation"]["identity"]["pod"] == "train"
+
+
+@pytest.mark.parametrize(("setup", "level"), [
+    P("served", "ok", id="socket answering"),
+    P("stale", "fail", id="socket not answering"),
+])
+def test_doctor_checks_the_kubelet(kube: KubeNode, tmp_path: Path, setup: str,
+                                   level: str) -> None:
+    from nvhook.ops import doctor
+
+    socket = kube.socket
+    if setup == "stale":
+        socket = tmp_path / "stale.sock"
+        socket.touch()
+    config = kube.config(socket=str(socket), timeout=0.5)
+    checks = {c.name: c for c in doctor._kubernetes(config)}  # noqa: SLF001
+    assert checks["podresources"].level.value == level
+    assert checks["resources"].level.value == "ok"

@@ -121,3 +121,19 @@ def _call(method, request, deadline: float, socket: Path):  # type: ignore[no-un
                                   f"{details}") from None
         except Exception as e:  # a malformed answer fails to deserialize
             raise AllocationError(f"kubelet {socket}: malformed answer: {e}") from None
+
+
+def list_pods(socket: Path, timeout: float) -> tuple[Pod, ...]:
+    """Every pod the kubelet reports (``List``): for doctor and ``explain --pod``."""
+    deadline = time.monotonic() + timeout
+    options = [("grpc.max_receive_message_length", MAX_MESSAGE), ("grpc.enable_retries", 0)]
+    with grpc.insecure_channel(f"unix://{socket}", options=options) as channel:
+        list_ = channel.unary_unary(
+            f"/{SERVICE}/List",
+            request_serializer=pb.ListPodResourcesRequest.SerializeToString,
+            response_deserializer=pb.ListPodResourcesResponse.FromString)
+        try:
+            listed = _call(list_, pb.ListPodResourcesRequest(), deadline, socket)
+        except _Unimplemented:
+            raise AllocationError(f"kubelet {socket}: List is not served") from None
+    return tuple(_pod(p) for p in listed.pod_resources)

@@ -81,7 +81,51 @@ def run(opts: Options) -> tuple[Check, ...]:
     checks += _engines(opts)
     checks += [policy_check, _audit(config), _leases(config), *_leases_dir(config),
                *_install()]
+    checks += _kubernetes(config)
     return tuple(checks)
+
+
+def _kubernetes(config: Config) -> list[Check]:
+    """The kubelet's allocation sources: readable, answering, and the resource names set."""
+    from nvhook.kube import allocation, checkpoint
+
+    k = config.kubernetes
+    if k.allocation is allocation.Binding.OFF:
+        return [Check(Level.OK, "kubernetes", 'off (kubernetes.allocation = "off")')]
+    checks = []
+    present = 0
+    for source in k.sources:
+        path = k.socket if source == allocation.PODRESOURCES else k.checkpoint
+        if not path.exists():
+            checks.append(Check(Level.FAIL if k.allocation is allocation.Binding.ON else Level.OK,
+                                source, f"{path} absent"
+                                + ("" if k.allocation is allocation.Binding.ON
+                                   else " (auto: not a Kubernetes node, or not this source)")))
+            continue
+        present += 1
+        try:
+            if source == allocation.PODRESOURCES:
+                from nvhook.kube import podresources
+
+                started = time.monotonic()
+                pods = podresources.list_pods(k.socket, k.timeout)
+                ms = (time.monotonic() - started) * 1000
+                detail = f"{path}: List answered in {ms:.0f} ms, {len(pods)} pods"
+            else:
+                entries = checkpoint.read(k.checkpoint)
+                detail = f"{path}: readable, {len(entries)} device entries"
+        except (NvhookError, OSError) as e:
+            checks.append(Check(Level.FAIL, source, f"{path}: {e}",
+                                "every GPU request of a pod is denied until it answers"))
+            continue
+        checks.append(Check(Level.OK, source, detail))
+    names = ", ".join(k.resources)
+    gpuish = any(r.startswith("nvidia.com/") for r in k.resources)
+    checks.append(Check(Level.OK if gpuish else Level.WARN, "resources",
+                        f"allocation counts {names}" if present or gpuish else names,
+                        None if gpuish else "add the device plugin's resource names "
+                        "(kubernetes.resources), e.g. nvidia.com/gpu"))
+    return checks
 
 
 def failed(checks: Iterable[Check]) -> bool:

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+from nvhook.config import Config
 from nvhook.decision.decide import Outcome
-from nvhook.decision.evaluate import Evaluation
+from nvhook.decision.evaluate import Evaluation, evaluate
 from nvhook.decision.request import env_map, to_json
-from nvhook.errors import InventoryError
+from nvhook.errors import AllocationError, InventoryError
+from nvhook.kube import identity as identity_mod
+from nvhook.kube.allocation import matches, strip_replica
 from nvhook.leases.step import LeaseStep
+from nvhook.oci import spec as spec_mod
 from nvhook.safetext import one_line
 
 
@@ -103,3 +108,56 @@ def _show(value: object) -> str:
     if value is None:
         return "not requested"
     return ",".join(value) if isinstance(value, list) else str(value)
+
+
+def pod_view(config: Config, namespace: str, pod: str, container: str | None,
+             inventory_file: Path | None = None) -> dict[str, Any]:
+    """``explain --pod``: the kubelet's allocation for each container of a pod, and what a
+    container of that pod asking as the device plugin does (its allocated ids; ``all``, as a
+    CUDA image bakes in, when it has none) would get. Raises ``AllocationError``."""
+    from nvhook.kube import podresources
+
+    k = config.kubernetes
+    pods = [p for p in podresources.list_pods(k.socket, k.timeout)
+            if p.namespace == namespace and p.name == pod]
+    if not pods:
+        raise AllocationError(f"kubelet {k.socket}: pod {namespace}/{pod} is not listed")
+    names = [c.name for c in pods[0].containers]
+    if container is not None and container not in names:
+        raise AllocationError(f"pod {namespace}/{pod} has no container {container!r} "
+                              f"(containers: {', '.join(names) or 'none'})")
+    out = []
+    for c in pods[0].containers:
+        if container is not None and c.name != container:
+            continue
+        ids = [strip_replica(i) for d in c.devices if matches(d.resource, k.resources)
+               for i in d.device_ids]
+        env = f"NVIDIA_VISIBLE_DEVICES={','.join(dict.fromkeys(ids)) or 'all'}"
+        doc = {"ociVersion": "1.0.2", "process": {"env": [env]},
+               "annotations": containerd_annotations_of(namespace, pod, c.name)}
+        e = evaluate(spec_mod.from_document(Path("/explain-pod/config.json"), doc), config,
+                     inventory_file)
+        out.append({"container": c.name,
+                    "devices": [{"resource": d.resource, "ids": list(d.device_ids)}
+                                for d in c.devices],
+                    "asks": env, "decision": e.decision.outcome.value,
+                    "granted": list(e.decision.granted), "reasons": e.decision.reasons,
+                    "allocation": e.allocation_json()})
+    return {"namespace": namespace, "pod": pod, "containers": out}
+
+
+def containerd_annotations_of(namespace: str, pod: str, container: str) -> dict[str, str]:
+    keys = identity_mod.KEYS
+    return {keys["namespace"][0]: namespace, keys["pod"][0]: pod,
+            keys["container"][0]: container, keys["type"][0]: "container"}
+
+
+def pod_text(view: dict[str, Any]) -> str:
+    lines = [f"pod {view['namespace']}/{view['pod']}"]
+    for c in view["containers"]:
+        devices = "; ".join(f"{d['resource']}: {','.join(d['ids'])}" for d in c["devices"])
+        lines.append(f"  container {c['container']}: kubelet allocated {devices or 'no device'}")
+        lines.append(f"    {c['asks']} -> {c['decision']}, granted "
+                     f"{', '.join(c['granted']) or 'none'}")
+        lines += [f"    reason: {r}" for r in c["reasons"]]
+    return "\n".join(lines)
