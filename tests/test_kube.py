@@ -412,6 +412,6 @@ def test_doctor_checks_the_kubelet(kube: KubeNode, tmp_path: Path, setup: str,
         socket = tmp_path / "stale.sock"
         socket.touch()
     config = kube.config(socket=str(socket), timeout=0.5)
-    checks = {c.name: c for c in doctor._kubernetes(config)}  # noqa: SLF001
+    checks = {c.name: c for c in doctor.kubernetes_checks(config)}
     assert checks["podresources"].level.value == level
     assert checks["resources"].level.value == "ok"

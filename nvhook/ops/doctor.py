@@ -81,11 +81,11 @@ def run(opts: Options) -> tuple[Check, ...]:
     checks += _engines(opts)
     checks += [policy_check, _audit(config), _leases(config), *_leases_dir(config),
                *_install()]
-    checks += _kubernetes(config)
+    checks += kubernetes_checks(config)
     return tuple(checks)
 
 
-def _kubernetes(config: Config) -> list[Check]:
+def kubernetes_checks(config: Config) -> list[Check]:
     """The kubelet's allocation sources: readable, answering, and the resource names set."""
     from nvhook.kube import allocation, checkpoint
 
