@@ -192,7 +192,8 @@ def explain(
         if pod is not None or bundle is None:
             namespace, _, name = (pod or "").partition("/")
             if bundle is not None or not namespace or not name or "/" in name:
-                raise UsageError("give either --bundle DIR or --pod NAMESPACE/POD")
+                raise UsageError("explain: missing option '--bundle' DIR or '--pod' NAMESPACE/POD "
+                                 "(see nvhook explain --help)")
             view = explain_mod.pod_view(config, namespace, name, container, inventory)
             print(json.dumps(view, indent=2) if as_json else explain_mod.pod_text(view))
             return 0
