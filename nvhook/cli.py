@@ -167,11 +167,13 @@ def explain(
     inventory: InventoryOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     pod: Annotated[
-        str | None, typer.Option("--pod", help="NAMESPACE/POD: show the kubelet's allocation "
-                                 "and what a container of that pod would get.")
+        str | None, typer.Option("--pod", metavar="NAMESPACE/POD",
+                                 help="Show the kubelet's allocation and what a container of "
+                                 "that pod would get.")
     ] = None,
     container: Annotated[
-        str | None, typer.Option("--container", help="With --pod: only this container.")
+        str | None, typer.Option("--container", metavar="NAME",
+                                 help="With --pod: only this container.")
     ] = None,
 ) -> None:
     """Show what the hook would do to a bundle (or a pod's containers), and why."""
