@@ -185,6 +185,21 @@ def test_allocation_refusals(kube: KubeNode, resource: str, ids: list[str], env:
         assert problem in d.denial
 
 
+@pytest.mark.parametrize(("env", "outcome"), [
+    P(f"{VISIBLE}={GPU1_UUID}", Outcome.DENY, id="privileged pod naming an unallocated GPU"),
+    P(f"{VISIBLE}=all", Outcome.DENY, id="privileged pod asking for all"),
+    P(f"{VISIBLE}={GPU0_UUID}", Outcome.ALLOW, id="privileged pod, its own GPU"),
+])
+def test_privileged_pods_are_bound_too(kube: KubeNode, env: str, outcome: Outcome) -> None:
+    doc = {"ociVersion": "1.0.2", "process": {"env": [env], "capabilities": {
+        "bounding": ["CAP_SYS_ADMIN"]}}, "annotations": cd()}
+    spec = from_document(kube.root / "config.json", doc)
+    d = evaluate(spec, kube.config(), kube.inventory).decision
+    assert d.outcome is outcome, d.reasons
+    if outcome is Outcome.DENY:
+        assert "not allocated" in d.denial
+
+
 def test_get_unimplemented_falls_back_to_list(kube: KubeNode) -> None:
     kube.kubelet.get_served = False
     e = kube.judge([f"{VISIBLE}={GPU0_UUID}"], cd())
