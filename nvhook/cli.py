@@ -464,6 +464,12 @@ def doctor(
                      "/run/containerd/containerd.sock, as above).",
                      show_default=False),
     ] = None,
+    host_root: Annotated[
+        Path | None,
+        typer.Option("--host-root", help="The host's / as mounted in a pod (the DaemonSet's "
+                     "readiness probe): files and the paths in them are read under it.",
+                     show_default=False),
+    ] = None,
 ) -> None:
     """Check this node: NVML, driver, GPUs, NVIDIA's hook and config, hooks.d, Docker,
     containerd, policy, audit."""
@@ -478,6 +484,7 @@ def doctor(
             nvidia_config=nvidia_config,
             docker_socket=docker_socket,
             containerd_socket=containerd_socket,
+            host_root=host_root.absolute() if host_root else None,
         ))
         for row in doctor_mod.render(checks):
             print(row)
@@ -556,5 +563,61 @@ def config_set(
             was = "unset" if edit.old is None else repr(edit.old)
             made = " (created from the defaults)" if edit.created else ""
             print(f"{path}: {key} = {edit.new!r} (was {was}){made}")
+
+    _guard(go)
+
+
+node_app = typer.Typer(no_args_is_help=True, help="Install nvhook onto a Kubernetes node from "
+                       "its DaemonSet pod (the node artifact; docs/deploy-kubernetes.md).")
+app.add_typer(node_app, name="node")
+
+HostRootOpt = Annotated[
+    Path,
+    typer.Option("--host-root", help="Where the host's / is mounted in this pod."),
+]
+
+
+@node_app.command("install")
+def node_install(
+    host_root: HostRootOpt = Path("/host"),
+    engine: Annotated[
+        str, typer.Option("--engine", help="auto | podman | crio | containerd | docker")
+    ] = "auto",
+    restart: Annotated[
+        str, typer.Option("--restart", help="none | signal (SIGHUP dockerd) | systemd "
+                          "(systemctl restart in the host root)")
+    ] = "none",
+    policy: Annotated[
+        Path, typer.Option("--policy", help="The policy to install as /etc/nvhook/config.toml "
+                           "(the mounted ConfigMap); absent: keep the host's file.")
+    ] = Path("/etc/nvhook-policy/config.toml"),
+) -> None:
+    """Copy this artifact to /opt/nvhook/<version>, switch /opt/nvhook/current, write the
+    policy and register the engine, all under --host-root. Re-running changes nothing."""
+    from nvhook.errors import UsageError
+    from nvhook.ops import node
+
+    def go() -> None:
+        try:
+            how = node.Restart(restart)
+        except ValueError:
+            raise UsageError(f"--restart: unknown value {restart!r} (expected none, signal, "
+                             "systemd)") from None
+        result = node.install(node.Options(host_root=host_root.absolute(), engine=engine,
+                                           restart=how, policy=policy))
+        for line in result.lines:
+            print(line)
+
+    _guard(go)
+
+
+@node_app.command("uninstall")
+def node_uninstall(host_root: HostRootOpt = Path("/host")) -> None:
+    """Undo `node install`: restore the engine files it replaced, remove what it created."""
+    from nvhook.ops import node
+
+    def go() -> None:
+        for line in node.uninstall(node.Options(host_root=host_root.absolute())).lines:
+            print(line)
 
     _guard(go)

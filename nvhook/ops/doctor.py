@@ -10,6 +10,7 @@ are checked as written.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import stat
@@ -72,15 +73,21 @@ class Options:
     nvidia_config: Path | None = None
     docker_socket: Path | None = None  # ask this dockerd (default: /var/run/docker.sock)
     containerd_socket: Path | None = None  # ask this containerd (default: /run/containerd/...)
+    # The host's / mounted in a pod (the DaemonSet's readiness probe): every file, including
+    # the paths named inside files, is looked up under it, and host binaries are not run.
+    host_root: Path | None = None
 
 
 def run(opts: Options) -> tuple[Check, ...]:
+    if opts.host_root is not None and opts.prefix is None:
+        opts = dataclasses.replace(opts, prefix=opts.host_root)
     config, policy_check = _policy(opts)
-    checks = [*_inventory(config), *_delegate(config), _nvidia_mode(opts, config)]
+    delegate = _delegate(config) if opts.host_root is None else _delegate_on_host(opts, config)
+    checks = [*_inventory(config), *delegate, _nvidia_mode(opts, config)]
     checks += _hooks_d(opts, config)
     checks += _engines(opts)
-    checks += [policy_check, _audit(config), _leases(config), *_leases_dir(config),
-               *_install()]
+    checks += [policy_check, _audit(config, opts.host_root), _leases(config),
+               *_leases_dir(config), *_install()]
     checks += kubernetes_checks(config)
     return tuple(checks)
 
@@ -229,6 +236,21 @@ def _delegate(config: Config) -> list[Check]:
     return [Check(Level.OK, "delegate", f"{path}: {version}")]
 
 
+def _delegate_on_host(opts: Options, config: Config) -> list[Check]:
+    """NVIDIA's hook as the host will find it; not run: it needs the host's libc, not the pod's."""
+    if config.delegate.path == "":
+        return [Check(Level.OK, "delegate", 'policy only (delegate.path = "")')]
+    names = [config.delegate.path] if config.delegate.path else list(config_mod.DELEGATE_CANDIDATES)
+    for name in names:
+        places = [Path(name)] if "/" in name else [Path(d) / name for d in SAFE_PATH.split(":")]
+        for p in places:
+            seen = under(opts.host_root, p)
+            if seen.is_file() and os.access(seen, os.X_OK):
+                return [Check(Level.OK, "delegate", f"{p}: present on the host (not run)")]
+    return [Check(Level.FAIL, "delegate", f"none of {', '.join(names)} found on the host under "
+                  f"{opts.host_root}", "install nvidia-container-toolkit on the node")]
+
+
 def _nvidia_mode(opts: Options, config: Config) -> Check:
     path = under(opts.prefix, opts.nvidia_config or NVIDIA_CONFIG)
     try:
@@ -288,7 +310,7 @@ def _hooks_d(opts: Options, config: Config) -> list[Check]:
                 continue
             if _is_nvhook_hook(doc):
                 ours.append(f)
-                checks.append(_hook_path(f, doc["hook"].get("path")))
+                checks.append(_hook_path(f, doc["hook"].get("path"), opts.host_root))
     where = ", ".join(str(d) for d in dirs)
     if not ours:
         checks.append(Check(Level.WARN, "hooks.d", f"no nvhook hook in {where} (fine for "
@@ -312,11 +334,12 @@ def _hooks_d(opts: Options, config: Config) -> list[Check]:
     return checks
 
 
-def _hook_path(f: Path, path: object) -> Check:
+def _hook_path(f: Path, path: object, host_root: Path | None = None) -> Check:
     if not isinstance(path, str) or not path:
         return Check(Level.FAIL, "hooks.d", f"{f}: hook.path missing",
                      "nvhook install --engine podman (rewrites the file)")
-    if not (os.path.isfile(path) and os.access(path, os.X_OK)):
+    seen = str(under(host_root, Path(path)))  # the path the engine on the host will run
+    if not (os.path.isfile(seen) and os.access(seen, os.X_OK)):
         return Check(Level.FAIL, "hooks.d", f"{f}: hook.path {path} does not exist or is not "
                      "executable; Podman skips such a hook silently (fail-open)",
                      "nvhook install --engine podman (rewrites the path)")
@@ -326,10 +349,10 @@ def _hook_path(f: Path, path: object) -> Check:
 # -- audit log and nvhook's own install -------------------------------------------------
 
 
-def _audit(config: Config) -> Check:
+def _audit(config: Config, host_root: Path | None = None) -> Check:
     if not config.audit_path:
         return Check(Level.OK, "audit", 'off (audit.path = "")')
-    path = Path(config.audit_path)
+    path = under(host_root, Path(config.audit_path))
     fix = "make the directory writable for root, or change audit.path"
     unsafe = audit.check_path(config.audit_path)  # the hook refuses such a log
     if unsafe:
