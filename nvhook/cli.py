@@ -621,3 +621,14 @@ def node_uninstall(host_root: HostRootOpt = Path("/host")) -> None:
             print(line)
 
     _guard(go)
+
+
+@node_app.command("sleep")
+def node_sleep() -> None:
+    """Wait until SIGTERM, then exit 0: the DaemonSet's main container (the image has no shell,
+    no sleep). Removes nothing: stopping the pod leaves the node installed."""
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    while True:
+        signal.pause()

@@ -5,6 +5,8 @@
 #             busybox-static  a static /bin/busybox, copied into the test containers' rootfs
 #             docker.io       dockerd 20.10 for tests/e2e/test_docker.py (started on a private socket)
 #             containerd      containerd 1.6 + ctr for tests/e2e/test_containerd.py
+#             libc6-dev       static glibc, for the node artifact's launcher (scripts/build-artifact)
+#             python3         Debian's /usr/bin/python3, the interpreter the node artifact bundles
 #   optional: podman          the hooks.d tests skip without it; failing to install it is a warning
 #             strace          tests/test_isolation.py traces nvhook's opens; skips without it
 #
@@ -20,6 +22,8 @@ have_runc() { command -v runc >/dev/null 2>&1; }
 # Debian's dynamic `busybox` package ships the same /bin/busybox path, and a static binary cannot
 # be told from a dynamic one by a cheap test, so also ask dpkg's database (a file test, no fork).
 have_busybox_static() { [[ -x /bin/busybox && -e /var/lib/dpkg/info/busybox-static.list ]]; }
+have_libc6_dev() { [[ -e /usr/lib/x86_64-linux-gnu/libc.a ]]; }
+have_debian_python3() { [[ -x /usr/bin/python3 && -e /var/lib/dpkg/info/python3.list ]]; }
 have_podman() { command -v podman >/dev/null 2>&1; }
 have_dockerd() { command -v dockerd >/dev/null 2>&1 && [[ -x /usr/bin/docker ]]; }
 have_containerd() { command -v containerd >/dev/null 2>&1 && command -v ctr >/dev/null 2>&1; }
@@ -32,12 +36,14 @@ have() {
         podman) have_podman ;;
         docker.io) have_dockerd ;;
         containerd) have_containerd ;;
+        libc6-dev) have_libc6_dev ;;
+        python3) have_debian_python3 ;;
         *) return 1 ;;
     esac
 }
 
 missing=()
-for pkg in runc busybox-static docker.io containerd; do
+for pkg in runc busybox-static docker.io containerd libc6-dev python3; do
     have "$pkg" || missing+=("$pkg")
 done
 want_podman=0

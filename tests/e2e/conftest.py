@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from .artifact import Artifact, build_artifact
 from .harness import (
     BundleFactory,
     Podman,
@@ -108,3 +109,9 @@ def podman(
         why = system_deps.stderr.strip() or "podman is not installed"
         pytest.skip(f"podman unavailable: {why}")
     return Podman(rootfs=rootfs, store=podman_store)
+
+
+@pytest.fixture(scope="session")
+def node_artifact(system_deps: subprocess.CompletedProcess[str]) -> Artifact:
+    """The self-contained node artifact (scripts/build-artifact), built once per session."""
+    return build_artifact()

@@ -64,10 +64,11 @@ def node_config(tmp_path: Path, recorder: Recorder, policy: str) -> Path:
     return path
 
 
-def hook_entry(config: Path, fake_nvml: Path, nvml: bool) -> dict:
-    """The repo's hooks.d entry, pointed at this venv's console script and the fake NVML."""
+def hook_entry(config: Path, fake_nvml: Path, nvml: bool, exe: Path = NVHOOK) -> dict:
+    """The repo's hooks.d entry, pointed at ``exe`` (this venv's console script, or the node
+    artifact's launcher) and the fake NVML."""
     hook = json.loads((REPO / "hooks.d" / "nvrw-hook.json").read_text())["hook"]
-    hook["path"] = str(NVHOOK)
+    hook["path"] = str(exe)
     hook["args"] = ["nvhook", "--config", str(config), "prestart"]
     if nvml:
         hook["env"] = [*hook["env"], f"LD_LIBRARY_PATH={fake_nvml}"]
