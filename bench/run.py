@@ -428,6 +428,52 @@ def bench_kubernetes(node: Node, rounds: int) -> tuple[list[Row], list[Variant]]
     return rows, vs
 
 
+def build_artifact() -> Path | None:
+    """scripts/build-artifact's output (cached by the script itself), or None if it fails."""
+    res = subprocess.run(["bash", str(REPO / "scripts" / "build-artifact")], capture_output=True,
+                         text=True, check=False, stdin=subprocess.DEVNULL)
+    if res.returncode != 0:
+        print(f"bench: scripts/build-artifact failed: {res.stderr.strip()}", file=sys.stderr)
+        return None
+    return Path(res.stdout.strip().splitlines()[-1])
+
+
+def bench_artifact(node: Node, rounds: int) -> tuple[list[Row], list[Variant]]:
+    """The node artifact (scripts/build-artifact) against the interpreter it bundles started
+    bare: Debian's /usr/bin/python3 -I -c pass, the strictest yardstick here (the venv's
+    interpreter starts slower)."""
+    group = "7 node artifact"
+    art = build_artifact()
+    bare_py = Path("/usr/bin/python3")
+    if art is None or not bare_py.exists():
+        return [Row(group, "skipped: no artifact or no /usr/bin/python3", "-", "-", None,
+                    "<= 1.5x", False)], []
+    exe = str(art / "nvhook")
+    nogpu = node.bundle(["PATH=/bin:/usr/bin", "HOME=/root", "TERM=xterm"])
+    allow = node.bundle(["PATH=/bin", f"NVIDIA_VISIBLE_DEVICES={fakenvml.GPU0_UUID}"])
+    deny = node.bundle(["PATH=/bin", "NVIDIA_VISIBLE_DEVICES=all"])
+
+    def hook(name: str, bundle: Path, expect_rc: int = 0) -> Variant:
+        argv = [exe, "--config", str(node.config), "prestart"]
+        return Variant(name, lambda: list(argv), node.env(), node.state(bundle), expect_rc)
+
+    v_bare = Variant("/usr/bin/python3 -I -c pass", lambda: [str(bare_py), "-I", "-c", "pass"],
+                     node.env())
+    v_nogpu = hook("artifact hook, no GPU", nogpu)
+    v_allow = hook("artifact hook, GPU allow", allow)
+    v_deny = hook("artifact hook, GPU deny", deny, expect_rc=3)
+    vs = [v_bare, v_nogpu, v_allow, v_deny]
+    measure(vs, rounds, node.tmp)
+    rows = [ratio_row(group, "artifact prestart, no GPU vs /usr/bin/python3 -I -c pass",
+                      v_nogpu, v_bare, 1.5)]
+    ok = valid(v_allow) and median_ms(v_allow.ns) <= 100
+    rows.append(Row(group, "artifact GPU allow, absolute", fmt(v_allow), "-", None,
+                    "<= 100 ms", ok, {"measured": v_allow.summary(), "limit_ms": 100,
+                                      "artifact": str(art)}))
+    rows.append(ratio_row(group, "artifact GPU deny vs no-GPU", v_deny, v_nogpu, None))
+    return rows, vs
+
+
 def bench_memory(node: Node, rounds: int) -> tuple[list[Row], list[Variant]]:
     """Peak RSS of each path, each run under the small RSS probe (see RSS_PROBE_C)."""
     probe = node.tmp / "rss-probe"
@@ -687,6 +733,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ("kubernetes", lambda: bench_kubernetes(node, args.rounds)),
             ("concurrency", lambda: bench_concurrency(node, args.concurrency_rounds)),
             ("memory", lambda: bench_memory(node, max(3, args.rounds // 6))),
+            ("artifact", lambda: bench_artifact(node, args.rounds)),
         ]
         if args.skip_runc:
             rows.append(Row("2 container start", "skipped: --skip-runc", "-", "-", None,

@@ -101,7 +101,7 @@ class Record:
     """One path install touched; ``backup`` None means install created it."""
 
     path: str  # as the host sees it
-    kind: str  # "file" | "move" | "dir" | "link" | "artifact"
+    kind: str  # "file" | "dir" | "link" | "artifact" | "backup" | "engine" (moved_to: its name)
     backup: str | None = None
     moved_to: str | None = None
 
@@ -354,21 +354,20 @@ def install(opts: Options) -> Result:
         engine=engine, nvhook_path=nvhook_path, prefix=opts.host_root,
         config_path=config_path,
     ))
-    for change in plan.changes:
-        _record_dirs(opts, state, change.path)
-        if change.action is install_mod.Action.MOVE:
-            assert change.dest is not None
-            state.add(Record(_host_path(opts, change.path), "move",
-                             moved_to=_host_path(opts, change.dest)))
-    stamp = fileops.utc_stamp()
-    for done in install_mod.apply(plan, stamp):
+    # install keeps its own per-engine record (key-level, read by ops.uninstall); this record
+    # adds the engine, the directories install creates and the backups it leaves.
+    state.add(Record(_host_path(opts, install_mod.state_path(engine, opts.host_root)),
+                     "engine", moved_to=engine.value))
+    for path in (*(c.path for c in plan.changes), install_mod.state_path(engine, opts.host_root)):
+        _record_dirs(opts, state, path)
+    for done in install_mod.apply(plan, fileops.utc_stamp()):
         c = done.change
-        if c.action is install_mod.Action.WRITE:
-            backup = _host_path(opts, done.backup) if done.backup else None
-            state.add(Record(_host_path(opts, c.path), "file", backup=backup))
-            lines.append(f"wrote {_host_path(opts, c.path)} ({c.why})")
-        else:
+        if done.backup is not None:
+            state.add(Record(_host_path(opts, done.backup), "backup"))
+        if c.action is install_mod.Action.MOVE:
             lines.append(f"moved {_host_path(opts, c.path)} aside ({c.why})")
+        else:
+            lines.append(f"wrote {_host_path(opts, c.path)} ({c.why})")
     if plan.empty:
         lines.append(f"unchanged {engine.value} registration ({nvhook_path})")
     _save_state(opts, state)
@@ -383,7 +382,10 @@ def _write_recorded(opts: Options, state: _State, path: Path, data: bytes, why: 
         return f"unchanged {shown}"
     backup = fileops.backup(path, fileops.utc_stamp()) if before is not None else None
     fileops.write_atomic(path, data, 0o644)
-    state.add(Record(shown, "file", backup=_host_path(opts, backup) if backup else None))
+    saved = _host_path(opts, backup) if backup else None
+    if saved and any(r.path == shown for r in state.records):
+        state.add(Record(saved, "backup"))  # a later policy's backup: the first one is restored
+    state.add(Record(shown, "file", backup=saved))
     return f"wrote {shown} ({why})"
 
 
@@ -394,6 +396,9 @@ def uninstall(opts: Options) -> Result:
         raise UsageError(f"{_host(opts, STATE_FILE)}: no node install recorded here; "
                          "nothing to undo")
     lines: list[str] = []
+    for r in state.records:
+        if r.kind == "engine" and r.moved_to:
+            lines += _uninstall_engine(opts, state, install_mod.Engine(r.moved_to))
     for r in reversed(state.records):
         path = _host(opts, Path(r.path))
         try:
@@ -408,14 +413,26 @@ def uninstall(opts: Options) -> Result:
     return Result(None, "", tuple(lines))
 
 
+def _uninstall_engine(opts: Options, state: _State, engine: install_mod.Engine) -> list[str]:
+    from nvhook.ops import uninstall as uninstall_mod
+
+    plan = uninstall_mod.plan(engine, opts.host_root)
+    lines = [f"{engine.value}: {note}" for note in plan.notes]
+    for done in uninstall_mod.apply(plan, fileops.utc_stamp()):
+        if done.backup is not None:  # the undo's own safety copy: the record had the bytes
+            state.add(Record(_host_path(opts, done.backup), "backup"))
+        lines.append(f"{engine.value}: undid {_host_path(opts, done.change.path)} "
+                     f"({done.change.why})")
+    return lines
+
+
 def _undo(opts: Options, r: Record, path: Path) -> str:
-    if r.kind == "move":
-        assert r.moved_to is not None
-        src = _host(opts, Path(r.moved_to))
-        if src.exists() and not path.exists():
-            fileops.rename(src, path)
-            return f"restored {r.path}"
-        return f"left {r.path} (nothing to move back)"
+    if r.kind == "engine":
+        return f"unregistered {r.moved_to}"
+    if r.kind == "backup":
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        return f"removed {r.path} (backup made by node install/uninstall)"
     if r.kind == "file":
         if r.backup is None:
             with contextlib.suppress(FileNotFoundError):
