@@ -20,6 +20,7 @@ kv = pytest.importorskip("kubernetes_validate.utils")
 
 from nvhook import cli  # noqa: E402
 from nvhook import config as config_mod  # noqa: E402
+from nvhook.kube.identity import from_annotations  # noqa: E402
 from nvhook.ops import install as install_mod  # noqa: E402
 from nvhook.ops import node  # noqa: E402
 
@@ -115,14 +116,16 @@ def test_policy_preset_is_valid_and_kubernetes_shaped() -> None:
     cfg = config_mod.parse(text.encode(), Path("configmap:config.toml"))
     assert cfg.policy.mode.value == "enforce"
     assert cfg.policy.all.value == "never"
-    exempt = {"io.kubernetes.cri.sandbox-namespace": "kube-system",
-              "io.kubernetes.pod.namespace": "gpu-operator"}
-    for key, ns in exempt.items():
-        policy = cfg.policy_for({key: ns})
-        assert policy.mode.value == "audit", f"{ns} via {key} is not exempt"
-    assert cfg.policy_for({"io.kubernetes.cri.sandbox-namespace": "team-a"}).mode.value == \
-        "enforce"
-    assert cfg.policy_for({"io.kubernetes.pod.namespace": "kube-system-evil"}).rule is None
+    assert cfg.kubernetes.allocation.value == "on", "the preset must be allocation-bound"
+    for key, ns in (("io.kubernetes.cri.sandbox-namespace", "kube-system"),
+                    ("io.kubernetes.pod.namespace", "gpu-operator")):
+        policy = cfg.policy_for({key: ns}, from_annotations({key: ns}))
+        assert policy.rule == "gpu-management", f"{ns} via {key} is not exempt"
+        assert policy.allocation.value == "exempt" and policy.all.value == "always"
+    for key, ns in (("io.kubernetes.cri.sandbox-namespace", "team-a"),
+                    ("io.kubernetes.pod.namespace", "kube-system-evil")):
+        policy = cfg.policy_for({key: ns}, from_annotations({key: ns}))
+        assert policy.rule is None and policy.allocation.value == "bound", ns
 
 
 def _parses(args: list[str]) -> None:
