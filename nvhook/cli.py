@@ -466,7 +466,8 @@ def doctor(
     ] = None,
     host_root: Annotated[
         Path | None,
-        typer.Option("--host-root", help="The host's / as mounted in a pod (the DaemonSet's "
+        typer.Option("--host-root", metavar="DIR",
+                     help="The host's / as mounted in a pod (the DaemonSet's "
                      "readiness probe): files and the paths in them are read under it.",
                      show_default=False),
     ] = None,
@@ -573,7 +574,7 @@ app.add_typer(node_app, name="node")
 
 HostRootOpt = Annotated[
     Path,
-    typer.Option("--host-root", help="Where the host's / is mounted in this pod."),
+    typer.Option("--host-root", metavar="DIR", help="Where the host's / is mounted in this pod."),
 ]
 
 
@@ -581,18 +582,21 @@ HostRootOpt = Annotated[
 def node_install(
     host_root: HostRootOpt = Path("/host"),
     engine: Annotated[
-        str, typer.Option("--engine", help="auto | podman | crio | containerd | docker")
+        str, typer.Option("--engine", metavar="ENGINE",
+                          help="auto | podman | crio | containerd | docker")
     ] = "auto",
     restart: Annotated[
-        str, typer.Option("--restart", help="none | signal (SIGHUP dockerd) | systemd "
+        str, typer.Option("--restart", metavar="HOW",
+                          help="none | signal (SIGHUP dockerd) | systemd "
                           "(systemctl restart in the host root)")
     ] = "none",
     policy: Annotated[
-        Path, typer.Option("--policy", help="The policy to install as /etc/nvhook/config.toml "
+        Path, typer.Option("--policy", metavar="FILE",
+                           help="The policy to install as /etc/nvhook/config.toml "
                            "(the mounted ConfigMap); absent: keep the host's file.")
     ] = Path("/etc/nvhook-policy/config.toml"),
 ) -> None:
-    """Copy this artifact to /opt/nvhook/<version>, switch /opt/nvhook/current, write the
+    """Copy this artifact to /opt/nvhook/VERSION, switch /opt/nvhook/current, write the
     policy and register the engine, all under --host-root. Re-running changes nothing."""
     from nvhook.errors import UsageError
     from nvhook.ops import node
