@@ -15,6 +15,7 @@ import sys
 from nvhook.hookargs import (
     HOOK_STAGES,
     NOOP_STAGES,
+    REFUSED_STAGES,
     config_option,
     normalize_argv,
     plain_hook_call,
@@ -39,6 +40,10 @@ def main() -> None:
     stage = stage_word(argv)
     if stage in NOOP_STAGES:
         sys.exit(0)
+    if stage in REFUSED_STAGES:
+        sys.stderr.write(f"nvhook: stage {stage} is not one nvhook judges: register nvhook as a "
+                         "prestart or createRuntime hook (NVIDIA's hook refuses it too)\n")
+        sys.exit(2)  # ExitStatus.USAGE, as NVIDIA's hook exits for a stage it does not know
     if stage in HOOK_STAGES and plain_hook_call(argv, stage):
         raw = _read_stdin()
         fast = fast_path(raw, config_option(argv))

@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import os
 
-# Stages where NVIDIA's hook does nothing, and so does nvhook. createContainer
-# runs inside the container's mount namespace: acting there is never safe.
-NOOP_STAGES = frozenset({"poststart", "createContainer", "startContainer"})
+# Stages where NVIDIA's hook does nothing (exit 0), and so does nvhook.
+NOOP_STAGES = frozenset({"poststart"})
+# Stages NVIDIA's hook refuses (exit 2): nvhook refuses them too, with one line. A
+# silent exit 0 there would make a gate registered at the wrong stage fail open;
+# and createContainer runs inside the container's mount namespace, where acting is
+# never safe.
+REFUSED_STAGES = frozenset({"createContainer", "startContainer"})
 # poststop releases the container's GPU leases; a container that asked for no GPU
 # leaves there on the fast path, without touching the lease table.
 HOOK_STAGES = frozenset({"prestart", "createRuntime", "poststop"})
@@ -75,25 +79,63 @@ def config_option(argv: list[str]) -> str | None:
 
 
 def swarm_names(config_option: str | None) -> tuple[str, ...] | None:
-    """Extra variable names that ask for GPUs (None: the config is broken). The
-    config is parsed only when it mentions ``swarm-resource``, so the common case
-    costs one small read."""
+    """Extra variable names that ask for GPUs (None: a config is broken, take the full
+    path). Both configs count: nvhook's ``[request] swarm-resource`` and NVIDIA's own
+    ``swarm-resource``, which NVIDIA's hook reads instead of NVIDIA_VISIBLE_DEVICES (a
+    container naming only such a variable still gets GPUs). Each file is parsed only
+    when it mentions ``swarm-resource`` (nvhook's also for a ``-config`` delegate
+    argument), so the common case costs one small read per file."""
     path = config_option or "/etc/nvhook/config.toml"
     try:
         with open(path, "rb") as f:
             data = f.read(MAX_CONFIG_BYTES + 1)
     except OSError:
-        return ()
+        data = b""
     if len(data) > MAX_CONFIG_BYTES:
         return None  # the full path refuses it with config.MAX_CONFIG_BYTES' message
-    if b"swarm-resource" not in data:
-        return ()
-    from pathlib import Path
+    names: tuple[str, ...] = ()
+    delegate_args: tuple[str, ...] = ()
+    if _mentions(data, b"swarm-resource") or _mentions(data, b"-config"):
+        from pathlib import Path
 
-    from nvhook.config import parse
-    from nvhook.errors import NvhookError
+        from nvhook.config import parse
+        from nvhook.errors import NvhookError
 
-    try:
-        return parse(data, Path(path)).swarm_resource
-    except NvhookError:
-        return None
+        try:
+            config = parse(data, Path(path))
+        except NvhookError:
+            return None
+        names, delegate_args = config.swarm_resource, config.delegate.args
+    nvidia = nvidia_swarm_names(delegate_args)
+    return None if nvidia is None else names + nvidia
+
+
+def nvidia_swarm_names(delegate_args: tuple[str, ...]) -> tuple[str, ...] | None:
+    """NVIDIA's ``swarm-resource`` names, from the config.toml its hook will read."""
+    from nvhook.nvidia.paths import candidate_paths
+
+    paths, _ = candidate_paths(delegate_args)
+    for candidate in paths:
+        try:
+            with open(candidate, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return None
+        if not _mentions(data, b"swarm-resource"):
+            return ()
+        from nvhook.errors import NvhookError
+        from nvhook.nvidia.config import parse
+
+        try:
+            return parse(data, candidate).swarm_resource
+        except NvhookError:
+            return None
+    return ()
+
+
+def _mentions(data: bytes, word: bytes) -> bool:
+    """``word`` may be in the file: literally, or spelled with a TOML ``\\u`` escape
+    in a quoted key (then parse to be sure)."""
+    return word in data or b"\\u" in data or b"\\U" in data

@@ -74,7 +74,22 @@ def test_gpu_request_takes_the_full_path(node: Node, tmp_path: Path) -> None:
     assert not {"typer", "click", "jsonschema", "rich"} & set(out["heavy"])
 
 
-@pytest.mark.parametrize("stage", ["poststart", "poststop", "createContainer", "startContainer"])
+@pytest.mark.parametrize("stage", ["createContainer", "startContainer"])
+@pytest.mark.parametrize("env", [["NVIDIA_VISIBLE_DEVICES=all"], ["PATH=/bin"]],
+                         ids=["gpu asked", "no gpu"])
+def test_stages_nvidia_refuses_are_refused_with_one_line(node: Node, tmp_path: Path,
+                                                          stage: str, env: list[str]) -> None:
+    """NVIDIA's hook exits 2 for these; a silent 0 would hide a gate registered there."""
+    bundle = write_bundle(tmp_path / "b", env)
+    proc = node.run(["--config", str(node.config), stage], stdin=runc_state(bundle))
+    assert proc.returncode == 2
+    assert proc.stderr.decode().splitlines() == [
+        f"nvhook: stage {stage} is not one nvhook judges: register nvhook as a prestart or "
+        "createRuntime hook (NVIDIA's hook refuses it too)"]
+    assert node.audit_lines() == []
+
+
+@pytest.mark.parametrize("stage", ["poststart"])
 def test_other_stages_do_nothing(node: Node, tmp_path: Path, stage: str) -> None:
     bundle = write_bundle(tmp_path / "b", ["NVIDIA_VISIBLE_DEVICES=all"])
     proc = node.run(["--config", str(node.config), stage], stdin=runc_state(bundle))
@@ -101,8 +116,10 @@ def test_allow_execs_the_delegate_with_clean_env_and_same_stdin(node: Node,
                                                                  tmp_path: Path) -> None:
     record = tmp_path / "record.json"
     delegate = write_delegate(tmp_path / "nvidia-hook", record)
+    nvct = tmp_path / "nvct.toml"
+    nvct.write_text("")  # NVIDIA's config: an empty file means NVIDIA's defaults
     node.write_config(
-        f'[delegate]\npath = "{delegate}"\nargs = ["-config=/etc/nvct.toml", "prestart"]\n'
+        f'[delegate]\npath = "{delegate}"\nargs = ["-config={nvct}", "prestart"]\n'
         'env = ["PATH=/usr/bin:/bin", "NVHOOK_TEST=1"]\n'
     )
     bundle = write_bundle(tmp_path / "b", [f"NVIDIA_VISIBLE_DEVICES={fakenvml.GPU0_UUID}",
@@ -113,7 +130,7 @@ def test_allow_execs_the_delegate_with_clean_env_and_same_stdin(node: Node,
                     extra={"LD_PRELOAD": "", "PYTHONPATH": "/nowhere", "SECRET": "x"})
     assert proc.returncode == 0, proc.stderr
     seen = json.loads(record.read_text())
-    assert seen["argv"][1:] == ["-config=/etc/nvct.toml", "prestart"]
+    assert seen["argv"][1:] == [f"-config={nvct}", "prestart"]
     assert seen["stdin"] == state.decode()
     # Exactly the configured env (plus what the interpreter itself adds).
     assert {k: v for k, v in seen["env"].items() if k != "LC_CTYPE"} == {

@@ -554,6 +554,7 @@ def test_to_json_reports_every_channel():
         devices=["/dev/nvidia0"],
     )
     assert to_json(parse(spec)) == {
+        "nvidia_channel": "env",
         "env": [GPU1_UUID],
         "variables": [NVD],
         "value": GPU1_UUID,

@@ -96,8 +96,8 @@ class Decision:
 def needs_inventory(request: Request) -> bool:
     """Only device ids need NVML; ``none``, ``void`` and unset never touch it."""
     return (
-        request.env.devices.kind in (Kind.ALL, Kind.DEVICES)
-        or bool(request.mounts)
+        (request.env_read and request.env.devices.kind in (Kind.ALL, Kind.DEVICES))
+        or (request.mounts_read and bool(request.mounts))
         or any(_is_gpu_cdi(c.name) for c in request.nvidia_cdi)
     )
 
@@ -199,8 +199,9 @@ class _Judge:
         return f"{text}, rule {self.policy.rule!r}" if self.policy.rule else text
 
     def decide(self) -> Decision:
-        env_kept, env_none = self.judge_env()
-        mounts_kept = self.judge_mounts()
+        # Only the channel NVIDIA's hook reads is judged (request.nvidia says which).
+        env_kept, env_none = self.judge_env() if self.request.env_read else ([], False)
+        mounts_kept = self.judge_mounts() if self.request.mounts_read else []
         cdi_kept = self.judge_cdi()
         caps = self.judge_capabilities()
         drop_mig = self.judge_mig()
@@ -221,11 +222,12 @@ class _Judge:
             return Decision(Outcome.DENY, self.policy, (), tuple(self.violations),
                             env=self.spec.env, notes=notes)
 
-        env = self.rewrite_env(env_kept, env_none, caps, drop_mig)
+        env = self.rewrite_env(env_kept, env_none, caps, drop_mig,
+                               void_fallback=self.request.env_shadowed and not mounts_kept)
         doc = copy.deepcopy(self.spec.doc)
         if env != self.spec.env:
             doc.setdefault("process", {})["env"] = list(env)
-        if self.request.mounts:
+        if self.request.mounts and self.request.mounts_read:
             doc["mounts"] = self.rewrite_mounts(mounts_kept)
         if self.request.cdi:
             doc["annotations"] = self.rewrite_annotations(cdi_kept)
@@ -418,10 +420,17 @@ class _Judge:
     # -- rewrites -----------------------------------------------------------
 
     def rewrite_env(self, kept: list[tuple[str, list[Device]]], keep_none: bool,
-                    caps: tuple[str, ...] | None, drop_mig: bool) -> tuple[str, ...]:
+                    caps: tuple[str, ...] | None, drop_mig: bool,
+                    void_fallback: bool = False) -> tuple[str, ...]:
         env = self.request.env
         replace: dict[str, str | None] = {}
-        if env.devices.kind is not Kind.UNSET:
+        if void_fallback:
+            # NVIDIA reads the mounts, but the rewrite leaves none: it would fall back to
+            # the env, which nobody judged. Make that fallback find nothing.
+            replace[VISIBLE_DEVICES] = f"{VISIBLE_DEVICES}=void"
+            for name in env.variables:
+                replace.setdefault(name, None)
+        elif env.devices.kind is not Kind.UNSET and self.request.env_read:
             uuids = _uuids(d for _, devs in kept for d in devs)
             value = ",".join(uuids) if uuids else ("none" if keep_none else "void")
             replace[VISIBLE_DEVICES] = f"{VISIBLE_DEVICES}={value}"
@@ -512,9 +521,9 @@ def _uuids(devices: Iterable[Device]) -> tuple[str, ...]:
 
 
 def _first_label(request: Request) -> str:
-    if request.env.devices.kind in (Kind.ALL, Kind.DEVICES):
+    if request.env_read and request.env.devices.kind in (Kind.ALL, Kind.DEVICES):
         return request.env.label
-    if request.mounts:
+    if request.mounts_read and request.mounts:
         m = request.mounts[0].mount
         return f"mount {m.source} -> {m.destination}"
     if request.nvidia_cdi:

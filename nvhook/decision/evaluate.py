@@ -18,6 +18,8 @@ from nvhook.kube import allocation as allocation_mod
 from nvhook.kube import identity as identity_mod
 from nvhook.kube.allocation import Allocation, Unallocated
 from nvhook.kube.identity import Identity
+from nvhook.nvidia import config as nvidia_config
+from nvhook.nvidia.config import NvidiaConfig, NvidiaConfigError
 from nvhook.oci.spec import Spec
 
 
@@ -60,9 +62,12 @@ def config_void_or_deny(e: Evaluation) -> str:
             if e.decision.outcome.value != "deny" else "deny: no GPU allocated by the kubelet")
 
 
-def evaluate(spec: Spec, config: Config, inventory_file: Path | None = None) -> Evaluation:
+def evaluate(spec: Spec, config: Config, inventory_file: Path | None = None,
+             nvidia: NvidiaConfig | None = None) -> Evaluation:
+    """Raises ``NvidiaConfigError`` when NVIDIA's config.toml cannot be read and the
+    container asks for a GPU on any channel: without it nothing can be judged."""
     started = time.monotonic()
-    request = parse(spec, config.swarm_resource)
+    request = parse(spec, config.swarm_resource, nvidia or read_nvidia_config(config, spec))
     identity = identity_mod.of_spec(spec.doc, spec.annotations)
     policy = config.policy_for(spec.annotations, identity)
     allocation: Allocation | AllocationError | None = None
@@ -95,6 +100,17 @@ def evaluate(spec: Spec, config: Config, inventory_file: Path | None = None) -> 
     )
     return Evaluation(spec, request, policy, inventory, decision, time.monotonic() - started,
                       identity, allocation, unallocated)
+
+
+def read_nvidia_config(config: Config, spec: Spec) -> NvidiaConfig | None:
+    """NVIDIA's settings for the delegate's argv. An unreadable file fails closed, but
+    only for a container that asks for a GPU through some channel (the union view)."""
+    try:
+        return nvidia_config.load(config.delegate.args)
+    except NvidiaConfigError:
+        if parse(spec, config.swarm_resource).asks_for_devices:
+            raise
+        return None
 
 
 def read_inventory(

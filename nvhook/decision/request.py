@@ -18,6 +18,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from nvhook.nvidia.config import ALL_DRIVER_CAPABILITIES as ALL_DRIVER_CAPABILITIES
+from nvhook.nvidia.config import NvidiaConfig
 from nvhook.oci.spec import DEVICE_MOUNT_ROOT, Mount, Spec
 
 VISIBLE_DEVICES = "NVIDIA_VISIBLE_DEVICES"
@@ -30,9 +32,6 @@ REQUIRE_CUDA = "NVIDIA_REQUIRE_CUDA"
 CDI_ANNOTATION_PREFIX = "cdi.k8s.io/"
 CAP_SYS_ADMIN = "CAP_SYS_ADMIN"
 
-ALL_DRIVER_CAPABILITIES = (
-    "compute", "compat32", "graphics", "utility", "video", "display", "ngx",
-)
 DEFAULT_DRIVER_CAPABILITIES = ("utility", "compute")
 
 # A fully-qualified CDI device name: vendor/class=name.
@@ -40,6 +39,23 @@ _CDI_NAME = re.compile(
     r"^(?P<kind>[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*)=(?P<name>.+)$"
 )
 _GPU_NODE = re.compile(r"^/dev/nvidia\d+$")
+
+
+class Channel(StrEnum):
+    """Which of a container's channels NVIDIA's hook reads (a priority, not a union)."""
+
+    MOUNTS = "mounts"  # accept-...-as-volume-mounts and at least one device mount
+    ENV = "env"  # privileged, or accept-...-envvar-when-unprivileged
+    NONE = "none"  # neither: NVIDIA's hook attaches no device
+
+
+@dataclass(frozen=True)
+class NvidiaView:
+    """What NVIDIA's hook will read of this container, and why, given its config."""
+
+    channel: Channel
+    why: str
+    config: NvidiaConfig = field(default_factory=NvidiaConfig, compare=False)
 
 
 class Kind(StrEnum):
@@ -78,9 +94,9 @@ class EnvChannel:
 
     @property
     def mixed_void(self) -> bool:
-        """``void`` next to other items, e.g. ``all,void``. Toolkits before 1.18 let the
-        first keyword in list order win (so that is ``all``), later ones let ``void``
-        win; nvhook reads it as void but writes a lone ``void`` so both agree."""
+        """``void`` next to other items, e.g. ``all,void``. Every toolkit from 1.14 on
+        lets ``void`` win (nothing attached); nvhook reads it as void too and, on a
+        rewrite, writes a lone ``void`` so that no reader can take another item."""
         return self.devices.kind is Kind.VOID and self.value is not None and split_ids(
             self.value
         ) not in ([], ["void"])
@@ -126,6 +142,11 @@ class Request:
     # Mounts that look like device requests but that NVIDIA's hook ignores
     # (a source other than /dev/null): recorded, never granted.
     forged_mounts: tuple[Mount, ...] = field(default=())
+    # The channel NVIDIA's hook reads; the default is the union view, for callers
+    # that parse without NVIDIA's config (every channel counts: never less than NVIDIA).
+    nvidia: NvidiaView = field(default_factory=lambda: NvidiaView(Channel.ENV, "default"))
+    # Whether NVIDIA reads the device mounts (True in the union view).
+    mounts_read: bool = True
 
     @property
     def nvidia_cdi(self) -> tuple[CdiRequest, ...]:
@@ -135,24 +156,41 @@ class Request:
     def asks_for_devices(self) -> bool:
         """True when any channel would make NVIDIA's stack attach something."""
         return (
-            self.env.devices.kind in (Kind.NONE, Kind.ALL, Kind.DEVICES)
-            or self.env.mixed_void
-            or bool(self.mounts)
+            (self.env_read and (
+                self.env.devices.kind in (Kind.NONE, Kind.ALL, Kind.DEVICES)
+                or self.env.mixed_void))
+            or (self.mounts_read and bool(self.mounts))
             or bool(self.nvidia_cdi)
             or any(_GPU_NODE.match(p) for p in self.device_nodes)
         )
 
+    @property
+    def env_read(self) -> bool:
+        """NVIDIA's hook reads the env: the mounts channel did not win, and the
+        container is privileged or NVIDIA accepts an unprivileged container's env."""
+        return self.nvidia.channel is Channel.ENV
+
+    @property
+    def env_shadowed(self) -> bool:
+        """The env asks for devices but NVIDIA reads the mounts instead. A rewrite that
+        drops mounts must then void it, or NVIDIA would fall back to it."""
+        return self.nvidia.channel is Channel.MOUNTS and (
+            self.env.devices.kind in (Kind.NONE, Kind.ALL, Kind.DEVICES))
+
     def driver_capability_set(self) -> tuple[str, ...]:
-        """The capabilities NVIDIA's hook would grant, in canonical order."""
+        """The capabilities NVIDIA's hook would grant, in canonical order: NVIDIA's
+        getDriverCapabilities, within its ``supported-driver-capabilities``."""
+        supported = self.nvidia.config.supported_driver_capabilities
         raw = self.driver_capabilities
         if raw is None and self.legacy_image:
             # NVIDIA's getDriverCapabilities: "unset with legacy image: set all capabilities".
-            return ALL_DRIVER_CAPABILITIES
+            return supported
         if not raw:
-            return DEFAULT_DRIVER_CAPABILITIES
+            return tuple(c for c in DEFAULT_DRIVER_CAPABILITIES if c in supported)
         items = [c.strip() for c in raw.split(",") if c.strip()]
         if "all" in items:
-            return ALL_DRIVER_CAPABILITIES
+            return supported
+        # An unsupported item makes NVIDIA's hook fail; it is judged as asked for.
         return tuple(dict.fromkeys(items))
 
 
@@ -190,14 +228,30 @@ def is_legacy_image(env: dict[str, str]) -> bool:
     return bool(env.get(CUDA_VERSION)) and not env.get(REQUIRE_CUDA)
 
 
-def parse(spec: Spec, swarm_resource: Sequence[str] = ()) -> Request:
+def parse(spec: Spec, swarm_resource: Sequence[str] = (),
+          nvidia: NvidiaConfig | None = None) -> Request:
+    """The request as NVIDIA's hook will read it under ``nvidia`` (its config.toml).
+
+    Without ``nvidia`` every channel counts (the union view, never less than NVIDIA
+    reads) and ``swarm_resource`` names the swarm variables; with it, NVIDIA's
+    channel order and its own ``swarm-resource`` decide.
+    """
     env = env_map(spec.env)
     legacy = is_legacy_image(env)
+    if nvidia is not None:
+        swarm_resource = nvidia.swarm_resource
+    privileged = CAP_SYS_ADMIN in spec.bounding_caps
+    env_channel = _env_channel(spec.env, env, swarm_resource, legacy)
+    mounts = tuple(_device_mounts(spec.mounts))
+    view = (NvidiaView(Channel.ENV, "no NVIDIA config given: every channel counts")
+            if nvidia is None else nvidia_channel(nvidia, bool(mounts), privileged))
     return Request(
-        env=_env_channel(spec.env, env, swarm_resource, legacy),
-        mounts=tuple(_device_mounts(spec.mounts)),
+        env=env_channel,
+        mounts=mounts,
+        nvidia=view,
+        mounts_read=nvidia is None or view.channel is Channel.MOUNTS,
         cdi=tuple(_cdi_annotations(spec.annotations)),
-        privileged=CAP_SYS_ADMIN in spec.bounding_caps,
+        privileged=privileged,
         legacy_image=legacy,
         driver_capabilities=env.get(DRIVER_CAPABILITIES),
         mig_config=env.get(MIG_CONFIG_DEVICES) or None,
@@ -207,6 +261,28 @@ def parse(spec: Spec, swarm_resource: Sequence[str] = ()) -> Request:
         malformed_env=tuple(e for e in spec.env if "=" not in e),
         forged_mounts=tuple(_forged_mounts(spec.mounts)),
     )
+
+
+def nvidia_channel(nvidia: NvidiaConfig, has_device_mounts: bool,
+                   privileged: bool) -> NvidiaView:
+    """NVIDIA's getDevices: volume mounts first when accepted and any exists, and then
+    the env is not read; else the env, if privileged or unprivileged env is accepted."""
+    where = nvidia.path or "NVIDIA's defaults (no config.toml)"
+    if nvidia.accept_volume_mounts and has_device_mounts:
+        return NvidiaView(Channel.MOUNTS, f"{where}: accept-nvidia-visible-devices-as-volume-"
+                          "mounts = true and the container has device mounts; the env is not "
+                          "read", nvidia)
+    mounts = ("device mounts are not read (accept-nvidia-visible-devices-as-volume-mounts = "
+              "false)" if not nvidia.accept_volume_mounts else "no device mounts")
+    if privileged:
+        return NvidiaView(Channel.ENV, f"{where}: {mounts}; the container is privileged, so "
+                          "the env is read", nvidia)
+    if nvidia.accept_env_unprivileged:
+        return NvidiaView(Channel.ENV, f"{where}: {mounts}; accept-nvidia-visible-devices-"
+                          "envvar-when-unprivileged = true, so the env is read", nvidia)
+    return NvidiaView(Channel.NONE, f"{where}: {mounts}; the container is unprivileged and "
+                      "accept-nvidia-visible-devices-envvar-when-unprivileged = false, so the "
+                      "env is ignored", nvidia)
 
 
 def _env_channel(entries: Sequence[str], env: dict[str, str], swarm_resource: Sequence[str],
@@ -294,6 +370,7 @@ def is_gpu_node(path: str) -> bool:
 def to_json(r: Request) -> dict[str, object]:
     """The request by channel, as ``explain --json`` and the audit log show it."""
     return {
+        "nvidia_channel": r.nvidia.channel.value,
         "env": r.env.devices.as_json(),
         "variables": list(r.env.variables),
         "value": r.env.value,

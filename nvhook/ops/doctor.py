@@ -84,6 +84,7 @@ def run(opts: Options) -> tuple[Check, ...]:
     config, policy_check = _policy(opts)
     delegate = _delegate(config) if opts.host_root is None else _delegate_on_host(opts, config)
     checks = [*_inventory(config), *delegate, _nvidia_mode(opts, config)]
+    checks += _nvidia_settings(opts, config)
     checks += _hooks_d(opts, config)
     checks += _engines(opts)
     checks += [policy_check, _audit(config, opts.host_root), _leases(config),
@@ -274,6 +275,61 @@ def _nvidia_mode(opts: Options, config: Config) -> Check:
                  "refuses to run (toolkit >= 1.18)",
                  f"nvhook install --engine ... --nvidia-config {NVIDIA_CONFIG} (sets mode = "
                  '"legacy" and skip-mode-detection = true)')
+
+
+def _nvidia_settings(opts: Options, config: Config) -> list[Check]:
+    """The settings of NVIDIA's config.toml that decide what its hook attaches, and
+    where nvhook's own config disagrees with them."""
+    from nvhook.nvidia import config as nvidia_config
+    from nvhook.nvidia.paths import DEFAULT_PATHS, config_flag
+
+    flag = config_flag(config.delegate.args)
+    if opts.nvidia_config is not None or flag:
+        paths: tuple[str, ...] = (str(under(opts.prefix, opts.nvidia_config or Path(str(flag)))),)
+        args: tuple[str, ...] = (f"-config={paths[0]}",)
+    else:
+        paths, args = tuple(str(under(opts.prefix, Path(p))) for p in DEFAULT_PATHS), ()
+    try:
+        nv = nvidia_config.load(args, paths)
+    except NvhookError as e:
+        return [Check(Level.FAIL, "nvidia-config", f"{e.message}; every GPU request is denied")]
+    where = nv.path or "no config.toml: NVIDIA's defaults"
+    detail = (f"{where}: env when unprivileged {_on(nv.accept_env_unprivileged)}, volume "
+              f"mounts {_on(nv.accept_volume_mounts)}, swarm-resource "
+              f"{','.join(nv.swarm_resource) or '-'}, capabilities "
+              f"{','.join(nv.supported_driver_capabilities)}, IMEX requests "
+              f"{'ignored' if nv.ignore_imex_requests else 'read'}")
+    checks = [Check(Level.OK, "nvidia-config", detail)]
+    policy = config.policy
+    if config.swarm_resource and config.swarm_resource != nv.swarm_resource:
+        checks.append(Check(
+            Level.WARN, "nvidia-config",
+            f"nvhook's request.swarm-resource {','.join(config.swarm_resource)} differs from "
+            f"NVIDIA's {','.join(nv.swarm_resource) or '(none)'}: nvhook reads NVIDIA's",
+            "drop [request] swarm-resource from nvhook's config"))
+    if not nv.accept_volume_mounts and policy.volume_mounts.value != "accept":
+        checks.append(Check(
+            Level.WARN, "nvidia-config",
+            f'policy.volume-mounts = "{policy.volume_mounts.value}" has no effect: NVIDIA '
+            "does not read device mounts (accept-nvidia-visible-devices-as-volume-mounts = "
+            "false)"))
+    if not nv.accept_env_unprivileged and policy.unprivileged_env.value != "accept":
+        checks.append(Check(
+            Level.WARN, "nvidia-config",
+            f'policy.unprivileged-env = "{policy.unprivileged_env.value}" has no effect: '
+            "NVIDIA ignores an unprivileged container's env "
+            "(accept-nvidia-visible-devices-envvar-when-unprivileged = false)"))
+    extra = [c for c in policy.driver_capabilities if c not in nv.supported_driver_capabilities]
+    if extra:
+        checks.append(Check(
+            Level.WARN, "nvidia-config",
+            f"policy.driver-capabilities allows {','.join(extra)}, which NVIDIA's "
+            "supported-driver-capabilities excludes: NVIDIA's hook fails such a request"))
+    return checks
+
+
+def _on(flag: bool) -> str:
+    return "accepted" if flag else "not accepted"
 
 
 # -- hooks.d ----------------------------------------------------------------------------

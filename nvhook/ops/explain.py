@@ -28,6 +28,8 @@ def as_json(e: Evaluation, leases: LeaseStep | None = None) -> dict[str, Any]:
         "bundle": str(e.spec.bundle),
         "decision": d.outcome.value,
         "request": to_json(e.request),
+        "nvidia": {"channel": e.request.nvidia.channel.value, "why": e.request.nvidia.why,
+                   "config": e.request.nvidia.config.as_json()},
         "granted": list(d.granted),
         "reasons": d.reasons,
         "env": nvidia_env(d.env),
@@ -69,6 +71,7 @@ def as_text(e: Evaluation, leases: LeaseStep | None = None) -> str:
     rows: list[tuple[str, str]] = [
         ("bundle", str(e.spec.bundle)),
         ("container", f"privileged={_yes(r.privileged)} legacy-image={_yes(r.legacy_image)}"),
+        ("nvidia reads", f"{r.nvidia.channel.value}: {r.nvidia.why}"),
         ("env", f"{r.env.label} -> {_show(r.env.devices.as_json())}"
          if r.env.value is not None or r.env.legacy_implicit_all else "-"),
         ("mounts", ", ".join(m.id for m in r.mounts) or "-"),
