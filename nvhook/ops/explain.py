@@ -71,7 +71,7 @@ def as_text(e: Evaluation, leases: LeaseStep | None = None) -> str:
     rows: list[tuple[str, str]] = [
         ("bundle", str(e.spec.bundle)),
         ("container", f"privileged={_yes(r.privileged)} legacy-image={_yes(r.legacy_image)}"),
-        ("nvidia reads", f"{r.nvidia.channel.value}: {r.nvidia.why}"),
+        ("nvidia", f"reads {r.nvidia.channel.value}: {r.nvidia.why}"),
         ("env", f"{r.env.label} -> {_show(r.env.devices.as_json())}"
          if r.env.value is not None or r.env.legacy_implicit_all else "-"),
         ("mounts", ", ".join(m.id for m in r.mounts) or "-"),
