@@ -208,16 +208,16 @@ def test_hooks_dir_that_is_not_a_directory_fails_clearly(site: Site, name: str,
     ("nvidia", "extra", "expect"),
     [
         pytest.param('[nvidia-container-runtime]\nmode = "legacy"\n', "",
-                     [r"ok  nvidia-config: .*env when unprivileged accepted, volume mounts not "
+                     [r"ok  nvidia-config:? +.*env when unprivileged accepted, volume mounts not "
                       r"accepted, swarm-resource -"], id="defaults reported"),
         pytest.param('mode = "x"\nswarm-resource = "A"\n', '[request]\nswarm-resource = ["B"]\n',
-                     [r"warn  nvidia-config: nvhook's request.swarm-resource B differs from "
+                     [r"warn  nvidia-config:? +nvhook's request.swarm-resource B differs from "
                       r"NVIDIA's A"], id="swarm disagreement"),
         pytest.param("accept-nvidia-visible-devices-envvar-when-unprivileged = false\n",
                      '[policy]\nunprivileged-env = "deny"\n',
-                     [r'warn  nvidia-config: policy.unprivileged-env = "deny" has no effect'],
+                     [r'warn  nvidia-config:? +policy.unprivileged-env = "deny" has no effect'],
                      id="unprivileged env: nvhook's key moot"),
-        pytest.param("a = = b\n", "", [r"fail  nvidia-config: .*invalid TOML.*every GPU request "
+        pytest.param("a = = b\n", "", [r"fail  nvidia-config:? +.*invalid TOML.*every GPU request "
                                        r"is denied"], id="broken NVIDIA config fails"),
     ],
 )

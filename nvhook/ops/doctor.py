@@ -292,7 +292,8 @@ def _nvidia_settings(opts: Options, config: Config) -> list[Check]:
     try:
         nv = nvidia_config.load(args, paths)
     except NvhookError as e:
-        return [Check(Level.FAIL, "nvidia-config", f"{e.message}; every GPU request is denied")]
+        return [Check(Level.FAIL, "nvidia-config", f"{e.message}; every GPU request is denied",
+                      "fix NVIDIA's config.toml (or the -config= path in [delegate] args)")]
     where = nv.path or "no config.toml: NVIDIA's defaults"
     detail = (f"{where}: env when unprivileged {_on(nv.accept_env_unprivileged)}, volume "
               f"mounts {_on(nv.accept_volume_mounts)}, swarm-resource "
