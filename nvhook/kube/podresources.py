@@ -75,14 +75,7 @@ def lookup(socket: Path, namespace: str, pod: str, timeout: float) -> Pod:
             if not answer.HasField("pod_resources"):
                 raise NotFound(f"kubelet {socket}: Get answered without the pod")
             return _pod(answer.pod_resources)
-        list_ = channel.unary_unary(
-            f"/{SERVICE}/List",
-            request_serializer=pb.ListPodResourcesRequest.SerializeToString,
-            response_deserializer=pb.ListPodResourcesResponse.FromString)
-        try:
-            listed = _call(list_, pb.ListPodResourcesRequest(), deadline, socket)
-        except _Unimplemented:
-            raise AllocationError(f"kubelet {socket}: neither Get nor List is served") from None
+        listed = _list(channel, deadline, socket, "neither Get nor List is served")
         for p in listed.pod_resources:
             if p.namespace == namespace and p.name == pod:
                 return _pod(p)
@@ -128,12 +121,17 @@ def list_pods(socket: Path, timeout: float) -> tuple[Pod, ...]:
     deadline = time.monotonic() + timeout
     options = [("grpc.max_receive_message_length", MAX_MESSAGE), ("grpc.enable_retries", 0)]
     with grpc.insecure_channel(f"unix://{socket}", options=options) as channel:
-        list_ = channel.unary_unary(
-            f"/{SERVICE}/List",
-            request_serializer=pb.ListPodResourcesRequest.SerializeToString,
-            response_deserializer=pb.ListPodResourcesResponse.FromString)
-        try:
-            listed = _call(list_, pb.ListPodResourcesRequest(), deadline, socket)
-        except _Unimplemented:
-            raise AllocationError(f"kubelet {socket}: List is not served") from None
+        listed = _list(channel, deadline, socket, "List is not served")
     return tuple(_pod(p) for p in listed.pod_resources)
+
+
+def _list(channel, deadline: float, socket: Path, unserved: str):  # type: ignore[no-untyped-def]
+    """The kubelet's ``List`` answer; ``unserved`` words the error when it is UNIMPLEMENTED."""
+    method = channel.unary_unary(
+        f"/{SERVICE}/List",
+        request_serializer=pb.ListPodResourcesRequest.SerializeToString,
+        response_deserializer=pb.ListPodResourcesResponse.FromString)
+    try:
+        return _call(method, pb.ListPodResourcesRequest(), deadline, socket)
+    except _Unimplemented:
+        raise AllocationError(f"kubelet {socket}: {unserved}") from None
