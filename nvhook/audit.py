@@ -11,7 +11,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from nvhook import __version__
+from nvhook import __version__, journal
+from nvhook.config import Config
+from nvhook.decision.decide import Outcome
 from nvhook.decision.evaluate import Evaluation
 from nvhook.decision.request import to_json
 from nvhook.kube import identity as identity_mod
@@ -126,6 +128,29 @@ def append(path: str, entry: Mapping[str, Any]) -> None:
     finally:
         os.close(fd)  # also drops the lock
 
+
+def publish(config: Config, evaluation: Evaluation, container_id: str, stage: str,
+            annotations: Mapping[str, str],
+            leases: Mapping[str, Any] | None = None) -> tuple[str, ...]:
+    """Record one judged request in the audit log and in syslog (the no-GPU skip is not
+    recorded). -> warnings: neither ever fails the container, whatever goes wrong."""
+    if evaluation.decision.outcome is Outcome.SKIP or not (config.audit_path or config.syslog):
+        return ()
+    warnings = []
+    entry: dict[str, Any] | None = None
+    try:
+        entry = record(evaluation, container_id, stage, annotations, leases)
+        if config.audit_path:
+            append(config.audit_path, entry)
+    except Exception as e:  # of any type: the audit never fails the container
+        warnings.append(f"warning: audit log {config.audit_path}: {error_text(e)}")
+    if entry is None:
+        return tuple(warnings)
+    if config.syslog:
+        problem = journal.send(config.syslog_socket, entry)
+        if problem:
+            warnings.append(f"warning: {problem}")
+    return tuple(warnings)
 
 
 def error_text(e: BaseException) -> str:

@@ -34,6 +34,7 @@ from nvhook.nvidia.delegate import DelegateSettings
 DEFAULT_PATH = Path("/etc/nvhook/config.toml")
 CONFIG_ENV = "NVHOOK_CONFIG"
 DEFAULT_AUDIT_PATH = "/var/log/nvhook/audit.jsonl"
+DEFAULT_SYSLOG_SOCKET = "/dev/log"  # journald and rsyslog read it
 DEFAULT_LEASES_DIR = Path("/run/nvhook/leases")  # tmpfs: a reboot clears it
 
 
@@ -57,6 +58,8 @@ class Config:
     inventory: InventorySettings = field(default_factory=InventorySettings)
     delegate: DelegateSettings = field(default_factory=DelegateSettings)
     audit_path: str = DEFAULT_AUDIT_PATH
+    syslog: bool = True  # each decision also as a syslog line (nvhook.journal)
+    syslog_socket: str = DEFAULT_SYSLOG_SOCKET
     runtime_path: str = "runc"
     swarm_resource: tuple[str, ...] = ()
     leases_dir: Path = DEFAULT_LEASES_DIR
@@ -139,7 +142,7 @@ class _Reader:
             rules=self.rules(rules_doc),
             inventory=self.inventory(self.table(doc, "inventory")),
             delegate=self.delegate(self.table(doc, "delegate")),
-            audit_path=self.audit(self.table(doc, "audit")),
+            **self.audit(self.table(doc, "audit")),
             runtime_path=self.runtime(self.table(doc, "runtime")),
             swarm_resource=self.swarm_resource(self.table(doc, "request")),
             leases_dir=leases_dir,
@@ -281,9 +284,16 @@ class _Reader:
                 raise self.fail(f"delegate.env[{i}]", f"expected NAME=VALUE, got {entry!r}")
         return DelegateSettings(path, tuple(args), tuple(env))
 
-    def audit(self, doc: dict[str, Any]) -> str:
-        self.only(doc, "audit", {"path"})
-        return self.string(doc, "path", "audit", DEFAULT_AUDIT_PATH)
+    def audit(self, doc: dict[str, Any]) -> dict[str, Any]:
+        self.only(doc, "audit", {"path", "syslog", "syslog-socket"})
+        syslog = doc.get("syslog", True)
+        if not isinstance(syslog, bool):
+            raise self.fail("audit.syslog", f"expected true or false, got {syslog!r}")
+        sock = self.string(doc, "syslog-socket", "audit", DEFAULT_SYSLOG_SOCKET)
+        if not os.path.isabs(sock):
+            raise self.fail("audit.syslog-socket", f"expected an absolute path, got {sock!r}")
+        return {"audit_path": self.string(doc, "path", "audit", DEFAULT_AUDIT_PATH),
+                "syslog": syslog, "syslog_socket": sock}
 
     def runtime(self, doc: dict[str, Any]) -> str:
         self.only(doc, "runtime", {"path"})

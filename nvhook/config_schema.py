@@ -57,7 +57,7 @@ TABLES: dict[str, str] = {
                       "match (anchored) wins; it may set any [policy] key except rules",
     "inventory": "where nvhook learns which GPUs exist",
     "delegate": "NVIDIA's hook, exec'd after allow/rewrite",
-    "audit": "the audit log",
+    "audit": "the audit log and its syslog copy",
     "runtime": "the runtime shim (Docker, containerd)",
     "request": "how a request is read, as NVIDIA's hook reads it",
     "leases": "node-local GPU leases for nodes without a scheduler (docs/leases.md)",
@@ -142,6 +142,11 @@ KEYS: tuple[Key, ...] = (
     # -- [audit] ----------------------------------------------------------------
     Key("audit", "path", "string", "/var/log/nvhook/audit.jsonl",
         "one JSON line per GPU decision; \"\" turns the log off"),
+    Key("audit", "syslog", "boolean", True,
+        "each GPU decision also as one syslog line (facility daemon, ident nvhook; "
+        "journalctl -t nvhook); never fails the container"),
+    Key("audit", "syslog-socket", "string", "/dev/log",
+        "the syslog datagram socket (journald's and rsyslog's); none there: nothing is sent"),
     # -- [runtime] --------------------------------------------------------------
     Key("runtime", "path", "string", "runc",
         "the low-level runtime the shim execs (a name or an absolute path)"),

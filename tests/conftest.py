@@ -38,10 +38,19 @@ class Node:
     def audit(self) -> Path:
         return self.root / "audit.jsonl"
 
+    @property
+    def syslog_socket(self) -> Path:
+        """Where this node's syslog lines go; nothing is bound there unless a test binds it
+        (then ``tests/syslog.py`` reads them), so no test writes to the machine's /dev/log."""
+        return self.root / "syslog.sock"
+
     def write_config(self, text: str = "") -> Path:
         """nvhook's config; [audit] and [delegate] default to this node's files."""
         if "[audit]" not in text:
             text += f'\n[audit]\npath = "{self.audit}"\n'
+        if "syslog" not in text:
+            text = text.replace("[audit]\n", f'[audit]\nsyslog-socket = "{self.syslog_socket}"\n',
+                                1)
         if "[delegate]" not in text:
             text += '\n[delegate]\npath = ""\n'
         self.config.write_text(text)

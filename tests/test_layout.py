@@ -16,7 +16,7 @@ FLOOR = {
     "nvhook.hookargs": 4,
     "nvhook.oci": 1, "nvhook.gpus": 2, "nvhook.nvidia": 2, "nvhook.kube": 2,
     "nvhook.decision": 3, "nvhook.config": 3, "nvhook.config_schema": 3,
-    "nvhook.leases": 4, "nvhook.audit": 4,
+    "nvhook.leases": 4, "nvhook.audit": 4, "nvhook.journal": 4,
     "nvhook.exits": 4, "nvhook.modes": 5, "nvhook.ops": 5, "nvhook.cli": 6,
     "nvhook.entry": 7, "nvhook.__main__": 8,
 }

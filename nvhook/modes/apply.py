@@ -82,13 +82,8 @@ def may_request_gpu(doc: dict[str, Any], config_option: str | None) -> bool:
 
 def record(config: Config, evaluation: Evaluation, container_id: str, stage: str,
            leases: Mapping[str, Any] | None = None) -> None:
-    """Audit every judged request; a failing audit log is a warning, never a failed start."""
-    if not config.audit_path or evaluation.decision.outcome is Outcome.SKIP:
-        return
-    try:
-        entry = audit.record(evaluation, container_id, stage, evaluation.spec.annotations,
-                             leases)
-        audit.append(config.audit_path, entry)
-    except Exception as e:  # of any type: the audit never fails the container
-        print(one_line(f"nvhook: warning: audit log {config.audit_path}: {audit.error_text(e)}"),
-              file=sys.stderr)
+    """Audit every judged request (log and syslog); a failure is a warning, never a failed
+    start."""
+    for warning in audit.publish(config, evaluation, container_id, stage,
+                                 evaluation.spec.annotations, leases):
+        print(f"nvhook: {one_line(warning)}", file=sys.stderr)

@@ -115,17 +115,10 @@ def poststop(config: Config, state_doc: dict[str, Any]) -> tuple[str, ...]:
 
 def _audit(config: Config, evaluation: Evaluation, state_doc: dict[str, Any],
            leased: LeaseStep | None = None) -> tuple[str, ...]:
-    """-> warnings. An audit failure is reported, never turned into a failed start."""
-    if not config.audit_path or evaluation.decision.outcome is Outcome.SKIP:
-        return ()
-    try:
-        annotations = {**evaluation.spec.annotations, **(state_doc.get("annotations") or {})}
-        entry = audit.record(evaluation, str(state_doc.get("id")), "prestart", annotations,
-                             leased.as_json() if leased is not None else None)
-        audit.append(config.audit_path, entry)
-    except Exception as e:  # of any type: the audit never fails the container
-        return (f"warning: audit log {config.audit_path}: {audit.error_text(e)}",)
-    return ()
+    """-> warnings. An audit (log or syslog) failure is reported, never a failed start."""
+    annotations = {**evaluation.spec.annotations, **(state_doc.get("annotations") or {})}
+    return audit.publish(config, evaluation, str(state_doc.get("id")), "prestart", annotations,
+                         leased.as_json() if leased is not None else None)
 
 
 def run(argv: list[str], raw: bytes, preloaded: Preloaded | None) -> NoReturn:

@@ -87,7 +87,8 @@ def run(opts: Options) -> tuple[Check, ...]:
     checks += _nvidia_settings(opts, config)
     checks += _hooks_d(opts, config)
     checks += _engines(opts)
-    checks += [policy_check, _audit(config, opts.host_root), _leases(config),
+    checks += [policy_check, _audit(config, opts.host_root), _syslog(config, opts.host_root),
+               _leases(config),
                *_leases_dir(config), *_install()]
     checks += kubernetes_checks(config)
     return tuple(checks)
@@ -404,6 +405,22 @@ def _hook_path(f: Path, path: object, host_root: Path | None = None) -> Check:
 
 
 # -- audit log and nvhook's own install -------------------------------------------------
+
+
+def _syslog(config: Config, host_root: Path | None = None) -> Check:
+    """The journal copy never fails a container, so a missing daemon is only a warning."""
+    if not config.syslog:
+        return Check(Level.OK, "syslog", "off (audit.syslog = false)")
+    path = under(host_root, Path(config.syslog_socket))
+    try:
+        is_socket = stat.S_ISSOCK(os.stat(path).st_mode)
+    except OSError as e:
+        return Check(Level.WARN, "syslog", f"{path}: {e.strerror}: decisions go only to the "
+                     "audit log", "start systemd-journald or rsyslog, or set audit.syslog-socket")
+    if not is_socket:
+        return Check(Level.WARN, "syslog", f"{path}: not a socket: nothing is sent there",
+                     "set audit.syslog-socket to the syslog daemon's socket")
+    return Check(Level.OK, "syslog", f"{path}: a socket (journalctl -t nvhook)")
 
 
 def _audit(config: Config, host_root: Path | None = None) -> Check:

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from syslogd import Syslog
 
 from .harness import Podman, write_hooks_dir
 
@@ -30,7 +31,8 @@ def hooks(tmp_path: Path) -> tuple[Path, Path]:
     ]}))
     config = tmp_path / "config.toml"
     config.write_text(f'[inventory]\nsource = "file"\nfile = "{inventory}"\n'
-                      f'[delegate]\npath = ""\n[audit]\npath = "{tmp_path / "audit.jsonl"}"\n')
+                      f'[delegate]\npath = ""\n[audit]\npath = "{tmp_path / "audit.jsonl"}"\n'
+                      f'syslog-socket = "{tmp_path / "syslog.sock"}"\n')
     hook = {"path": str(NVHOOK), "args": ["nvhook", "--config", str(config), "precreate"],
             "env": ["PATH=/usr/bin:/bin"], "timeout": 10}
     return write_hooks_dir(tmp_path / "hooks", "nvrw-precreate", hook, stages=["precreate"]), config
@@ -49,7 +51,15 @@ def test_container_env_is_the_decided_one(podman: Podman, hooks: tuple[Path, Pat
 def test_denial_stops_the_container(podman: Podman, hooks: tuple[Path, Path]) -> None:
     hooks_dir, config = hooks
     config.write_text(config.read_text() + '[policy]\nall = "never"\n')
-    res = podman.run(hooks_dir, ["/bin/echo", "ran"], env=["NVIDIA_VISIBLE_DEVICES=all"])
+    syslog = Syslog(config.parent / "syslog.sock")
+    try:
+        res = podman.run(hooks_dir, ["/bin/echo", "ran"], env=["NVIDIA_VISIBLE_DEVICES=all"])
+        # Podman shows only "exit status 3"; the journal line says which rule refused it.
+        [line] = syslog.lines()
+    finally:
+        syslog.close()
     assert res.returncode == 126
     assert "ran" not in res.stdout
     assert "precreate" in res.stderr and "exit status 3" in res.stderr
+    assert line.severity == 4 and line.text.startswith("deny container=")
+    assert "stage=precreate" in line.text and "(policy.all = \"never\")" in line.text
