@@ -5,6 +5,11 @@ socket, serving the allocations a test sets. It is the kubelet's wire protocol (
 - ``get_served = False`` answers ``Get`` with UNIMPLEMENTED, as kubelets before 1.34 do
   (the feature gate off), so the client must fall back to ``List``.
 - ``rate_limit = (burst, qps)`` is the kubelet's token bucket: past it, RESOURCE_EXHAUSTED.
+- ``hold = N`` makes the first N calls wait until all N have arrived and then meets them
+  with the bucket at one instant: exactly ``burst`` pass, the rest are RESOURCE_EXHAUSTED,
+  however slowly the callers started (no timing window in the test).
+- ``raw[method] = bytes`` answers that method with those bytes instead of a message (an
+  answer that does not decode); ``get_answers = pod`` answers every ``Get`` with that pod.
 - ``calls`` counts what was asked, so a test can see which path the client took.
 """
 
@@ -17,6 +22,7 @@ from collections import Counter
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -47,17 +53,24 @@ class TestKubelet:
         self.get_served = True
         self.rate_limit: tuple[int, float] | None = None
         self.calls: Counter[str] = Counter()
+        self.raw: dict[str, bytes] = {}
+        self.get_answers: PodAlloc | None = None
+        self.hold = 0
+        self.held_timed_out = False
         self._lock = threading.Lock()
-        self._tokens = 0.0
+        self._arrived = threading.Condition()
+        self._released_at: float | None = None
+        self._tokens: float | None = None  # None: full, as the kubelet's limiter starts
         self._stamp = time.monotonic()
-        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
+        # Enough workers that ``hold`` calls can all wait at once.
+        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=64))
         handler = grpc.method_handlers_generic_handler("v1.PodResourcesLister", {
             "Get": grpc.unary_unary_rpc_method_handler(
                 self._get, request_deserializer=pb.GetPodResourcesRequest.FromString,
-                response_serializer=pb.GetPodResourcesResponse.SerializeToString),
+                response_serializer=_serialize),
             "List": grpc.unary_unary_rpc_method_handler(
                 self._list, request_deserializer=pb.ListPodResourcesRequest.FromString,
-                response_serializer=pb.ListPodResourcesResponse.SerializeToString),
+                response_serializer=_serialize),
         })
         self._server.add_generic_rpc_handlers((handler,))
         self._server.add_insecure_port(f"unix://{socket}")
@@ -80,14 +93,32 @@ class TestKubelet:
         if self.rate_limit is None:
             return
         burst, qps = self.rate_limit
+        now = self._held() or time.monotonic()
         with self._lock:
-            now = time.monotonic()
-            self._tokens = min(burst, self._tokens + (now - self._stamp) * qps)
-            self._stamp = now
+            tokens = burst if self._tokens is None else self._tokens
+            self._tokens = min(burst, tokens + max(0.0, now - self._stamp) * qps)
+            self._stamp = max(self._stamp, now)
             if self._tokens < 1:
                 self.calls["rejected"] += 1
                 context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "rejected by rate limit")
             self._tokens -= 1
+
+    def _held(self) -> float | None:
+        """With ``hold``: wait until the first ``hold`` calls are all in, -> their one instant."""
+        with self._arrived:
+            if self.calls["held"] >= self.hold:
+                return None
+            self.calls["held"] += 1
+            if self.calls["held"] == self.hold:
+                self._released_at = time.monotonic()
+                self._arrived.notify_all()
+            # Bounded, so a caller that never comes cannot hang the test: it fails instead.
+            elif not self._arrived.wait_for(lambda: self._released_at is not None,
+                                            timeout=HOLD_TIMEOUT):
+                self.held_timed_out = True
+                self._released_at = time.monotonic()
+                self._arrived.notify_all()
+            return self._released_at
 
     def _message(self, pod: PodAlloc) -> pb.PodResources:
         return pb.PodResources(name=pod.name, namespace=pod.namespace, containers=[
@@ -101,11 +132,15 @@ class TestKubelet:
             for c in pod.containers])
 
     def _get(self, request: pb.GetPodResourcesRequest,
-             context: grpc.ServicerContext) -> pb.GetPodResourcesResponse:
+             context: grpc.ServicerContext) -> pb.GetPodResourcesResponse | bytes:
         self.calls["Get"] += 1
         if not self.get_served:
             context.abort(grpc.StatusCode.UNIMPLEMENTED, "unknown method Get")
         self._admit(context)
+        if "Get" in self.raw:
+            return self.raw["Get"]
+        if self.get_answers is not None:
+            return pb.GetPodResourcesResponse(pod_resources=self._message(self.get_answers))
         for pod in self.pods:
             if pod.namespace == request.pod_namespace and pod.name == request.pod_name:
                 return pb.GetPodResourcesResponse(pod_resources=self._message(pod))
@@ -114,10 +149,21 @@ class TestKubelet:
         raise AssertionError("unreachable")
 
     def _list(self, request: pb.ListPodResourcesRequest,
-              context: grpc.ServicerContext) -> pb.ListPodResourcesResponse:
+              context: grpc.ServicerContext) -> pb.ListPodResourcesResponse | bytes:
         self.calls["List"] += 1
         self._admit(context)
+        if "List" in self.raw:
+            return self.raw["List"]
         return pb.ListPodResourcesResponse(pod_resources=[self._message(p) for p in self.pods])
+
+
+# Far past how long 50 hook processes take to start on a loaded machine.
+HOLD_TIMEOUT = 50.0
+
+
+def _serialize(answer: Any) -> bytes:
+    """A message as its wire bytes; bytes (``raw``) as they are."""
+    return answer if isinstance(answer, bytes) else answer.SerializeToString()
 
 
 def write_checkpoint(path: Path, pods: list[PodAlloc], numa_map: bool = True) -> Path:

@@ -13,9 +13,11 @@ from typing import Any
 import fakenvml
 import pytest
 from conftest import Node
+from kubelet import Ctr, TestKubelet, write_checkpoint
 
 from nvhook.ops import install as install_mod
 
+P = pytest.param
 ROW = re.compile(r"^(ok|warn|fail) +([\w.-]+) +(\S.*)$")
 LINE = re.compile(r"^(ok|warn|fail)  ([\w.-]+): .+$")
 HOOKS_D = "usr/share/containers/oci/hooks.d"
@@ -229,3 +231,97 @@ def test_doctor_reports_nvidia_settings(site: Site, nvidia: str, extra: str,
     got = by_check(lines)["nvidia-config"]
     for pattern in expect:
         assert any(re.search(pattern, line) for line in got), got
+
+
+# -- the kubelet's allocation sources (a real gRPC test kubelet, real checkpoint files) ----
+
+GPU_POD = ("nvidia.com/gpu", fakenvml.GPU0_UUID)
+MIG_POD = ("nvidia.com/mig-1g.10gb", fakenvml.MIG_A_UUID)
+
+
+@dataclass(frozen=True)
+class Kube:
+    """What a row sets up: the test kubelet's pods, the checkpoint, the [kubernetes] keys."""
+
+    pod: tuple[str, str] | None = GPU_POD  # the one device of team-a/train's container
+    checkpoint: bytes | str | None = "written"  # bytes: as given; "dir", "symlink"; None: absent
+    socket: str = "served"  # "served", "absent", "stale" (a file nobody listens on), "garbage"
+    keys: tuple[tuple[str, object], ...] = ()
+
+
+def _kube_site(site: Site, tmp_path: Path, kubelet: TestKubelet, kube: Kube) -> None:
+    pods = []
+    if kube.pod is not None:
+        resource, device = kube.pod
+        pods.append(kubelet.add("team-a", "train", "0f3e4a52-7b1c-4d2e-9a8b-1c2d3e4f5a6b",
+                                Ctr("main", {resource: [device]})))
+    cp = tmp_path / "kubelet_internal_checkpoint"
+    if kube.checkpoint == "written":
+        write_checkpoint(cp, pods)
+    elif kube.checkpoint == "dir":
+        cp.mkdir()
+    elif kube.checkpoint == "symlink":
+        write_checkpoint(tmp_path / "elsewhere", pods)
+        cp.symlink_to(tmp_path / "elsewhere")
+    elif isinstance(kube.checkpoint, bytes):
+        cp.write_bytes(kube.checkpoint)
+    socket = {"served": kubelet.socket, "absent": tmp_path / "none.sock",
+              "stale": tmp_path / "stale.sock", "garbage": kubelet.socket}[kube.socket]
+    if kube.socket == "stale":
+        socket.write_text("")
+    if kube.socket == "garbage":
+        kubelet.raw["List"] = b"garbage bytes!"
+    keys = {"socket": str(socket), "checkpoint": str(cp), "timeout": 5.0, **dict(kube.keys)}
+    site.config("[kubernetes]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in keys.items()))
+
+
+ON = (("allocation", "on"),)
+KUBE_ROWS = [
+    P(Kube(), 0, [r"ok  podresources: \S+kubelet.sock: List answered in \d+ ms, 1 pods",
+                  r"ok  checkpoint: \S+: readable, 1 device entries",
+                  r"ok  resources: allocation counts nvidia.com/gpu, nvidia.com/gpu.shared, "
+                  r"nvidia.com/mig-\*"], id="socket answering, checkpoint readable"),
+    P(Kube(socket="absent", checkpoint=None), 0,
+      [r"ok  podresources: \S+none.sock absent \(auto: not a Kubernetes node",
+       r"ok  checkpoint: \S+ absent \(auto"], id="both missing, allocation auto"),
+    P(Kube(socket="absent", keys=ON), 10,
+      [r"fail  podresources: \S+none.sock absent — fix: point kubernetes.socket"],
+      id="socket missing, allocation on"),
+    P(Kube(checkpoint=None, keys=ON), 10,
+      [r"fail  checkpoint: \S+ absent — fix: point kubernetes.checkpoint"],
+      id="checkpoint missing, allocation on"),
+    P(Kube(socket="stale"), 10, [r"fail  podresources: \S+stale.sock: .*UNAVAILABLE.* — fix: "
+                                 r"every GPU request of a pod is denied"],
+      id="socket not answering"),
+    P(Kube(socket="garbage"), 10, [r"fail  podresources: .*List answer is not a PodResources "
+                                   r"message"], id="socket answers garbage"),
+    P(Kube(checkpoint=b'{"Data": {"PodDeviceEntries": [{"PodUID": 3}]}}'), 10,
+      [r"fail  checkpoint: .*PodUID: expected a non-empty string"], id="checkpoint malformed"),
+    P(Kube(checkpoint=b'{"Data": {"PodDev'), 10, [r"fail  checkpoint: .*not valid JSON"],
+      id="checkpoint truncated"),
+    P(Kube(checkpoint="dir"), 10, [r"fail  checkpoint: \S+: Is a directory"],
+      id="checkpoint unreadable (a directory)"),
+    P(Kube(checkpoint="symlink"), 10, [r"fail  checkpoint: .*cannot open"],
+      id="checkpoint unreadable (a symlink, not followed)"),
+    P(Kube(pod=None, keys=(("resources", ["example.com/fpga"]),)), 0,
+      [r"warn  resources: allocation counts example.com/fpga — fix: add the device plugin's "
+       r"resource names"],
+      id="no NVIDIA resource name configured"),
+    P(Kube(pod=MIG_POD, keys=(("resources", ["nvidia.com/gpu"]),)), 0,
+      [r"warn  resources: the kubelet allocates nvidia.com/mig-1g.10gb, which "
+       r"kubernetes.resources \(nvidia.com/gpu\) does not count.* — fix: add them"],
+      id="the kubelet allocates a resource that is not configured"),
+]
+
+
+@pytest.mark.parametrize(("kube", "code", "expect"), KUBE_ROWS)
+def test_doctor_checks_the_kubelet_sources(site: Site, tmp_path: Path, kube: Kube, code: int,
+                                           expect: list[str]) -> None:
+    with TestKubelet(tmp_path / "kubelet.sock") as kubelet:
+        _kube_site(site, tmp_path, kubelet, kube)
+        status, lines = site.doctor()
+    assert status == code, "\n".join(lines)
+    kube_lines = [line for line in lines
+                  if line.split()[1].rstrip(":") in ("podresources", "checkpoint", "resources")]
+    for pattern in expect:
+        assert any(re.match(pattern, line) for line in kube_lines), (pattern, kube_lines)

@@ -152,6 +152,9 @@ def _from_checkpoint(settings: KubeSettings, identity: Identity) -> Allocation |
         entries = checkpoint.read(settings.checkpoint)
     except FileNotFoundError:
         raise AllocationError(f"{CHECKPOINT}: {settings.checkpoint} vanished") from None
+    except OSError as e:  # opened but not readable: a directory, an I/O error
+        raise AllocationError(f"{CHECKPOINT}: {settings.checkpoint}: cannot read: "
+                              f"{e.strerror or e}") from None
     uid = identity.pod_uid.lower()
     mine = [e for e in entries if e.pod_uid.lower() == uid]
     if not mine:

@@ -43,12 +43,20 @@ def read(path: Path) -> tuple[Entry, ...]:
 
 
 def parse(data: bytes, where: str = "checkpoint") -> tuple[Entry, ...]:
+    """The entries, every field nvhook reads type-checked: a file that is not the kubelet's
+    is an ``AllocationError``, never a guess. ``AllocResp``, ``RegisteredDevices`` and
+    ``Checksum`` are not read (nvhook needs none of them), so they are not checked."""
     try:
         doc = json.loads(data)
     except (ValueError, RecursionError) as e:
         raise AllocationError(f"{where}: not valid JSON: {e}") from None
-    entries = doc.get("Data", {}).get("PodDeviceEntries") if isinstance(doc, dict) else None
-    if isinstance(doc, dict) and isinstance(doc.get("Data"), dict) and entries is None:
+    if not isinstance(doc, dict):
+        raise AllocationError(f"{where}: expected a JSON object")
+    body = doc.get("Data")
+    if not isinstance(body, dict):
+        raise AllocationError(f"{where}: Data: expected an object")
+    entries = body.get("PodDeviceEntries")
+    if entries is None:  # Go writes a node without device pods as null
         return ()
     if not isinstance(entries, list):
         raise AllocationError(f"{where}: Data.PodDeviceEntries: expected a list")
@@ -79,7 +87,9 @@ def _device_ids(value: object, at: str) -> tuple[str, ...]:
         raise AllocationError(f"{at}: expected a list or a NUMA-node map of lists")
     ids: list[str] = []
     for ids_of in lists:
-        if not isinstance(ids_of, list) or not all(isinstance(i, str) for i in ids_of):
-            raise AllocationError(f"{at}: expected lists of strings")
+        if ids_of is None:  # a NUMA node Go wrote as a nil slice
+            continue
+        if not isinstance(ids_of, list) or not all(isinstance(i, str) and i for i in ids_of):
+            raise AllocationError(f"{at}: expected lists of non-empty strings")
         ids.extend(ids_of)
     return tuple(dict.fromkeys(ids))

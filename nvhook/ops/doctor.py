@@ -95,21 +95,26 @@ def run(opts: Options) -> tuple[Check, ...]:
 
 
 def kubernetes_checks(config: Config) -> list[Check]:
-    """The kubelet's allocation sources: readable, answering, and the resource names set."""
+    """The kubelet's allocation sources: readable, answering, and the resource names set
+    (and covering the NVIDIA resources the kubelet actually hands out)."""
     from nvhook.kube import allocation, checkpoint
 
     k = config.kubernetes
     if k.allocation is allocation.Binding.OFF:
         return [Check(Level.OK, "kubernetes", 'off (kubernetes.allocation = "off")')]
+    required = k.allocation is allocation.Binding.ON
     checks = []
     present = 0
+    seen: set[str] = set()  # resource names in the kubelet's answers
     for source in k.sources:
         path = k.socket if source == allocation.PODRESOURCES else k.checkpoint
         if not path.exists():
-            checks.append(Check(Level.FAIL if k.allocation is allocation.Binding.ON else Level.OK,
-                                source, f"{path} absent"
-                                + ("" if k.allocation is allocation.Binding.ON
-                                   else " (auto: not a Kubernetes node, or not this source)")))
+            checks.append(Check(
+                Level.FAIL if required else Level.OK, source, f"{path} absent"
+                + ("" if required else " (auto: not a Kubernetes node, or not this source)"),
+                f"point kubernetes.{'socket' if source == allocation.PODRESOURCES else source}"
+                " at the kubelet's file, or drop it from kubernetes.sources" if required
+                else None))
             continue
         present += 1
         try:
@@ -120,20 +125,33 @@ def kubernetes_checks(config: Config) -> list[Check]:
                 pods = podresources.list_pods(k.socket, k.timeout)
                 ms = (time.monotonic() - started) * 1000
                 detail = f"{path}: List answered in {ms:.0f} ms, {len(pods)} pods"
+                seen.update(d.resource for p in pods for c in p.containers for d in c.devices)
             else:
                 entries = checkpoint.read(k.checkpoint)
                 detail = f"{path}: readable, {len(entries)} device entries"
+                seen.update(e.resource for e in entries)
         except (NvhookError, OSError) as e:
-            checks.append(Check(Level.FAIL, source, f"{path}: {e}",
+            checks.append(Check(Level.FAIL, source, f"{path}: {getattr(e, 'strerror', None) or e}",
                                 "every GPU request of a pod is denied until it answers"))
             continue
         checks.append(Check(Level.OK, source, detail))
     names = ", ".join(k.resources)
     gpuish = any(r.startswith("nvidia.com/") for r in k.resources)
-    checks.append(Check(Level.OK if gpuish else Level.WARN, "resources",
-                        f"allocation counts {names}" if present or gpuish else names,
-                        None if gpuish else "add the device plugin's resource names "
-                        "(kubernetes.resources), e.g. nvidia.com/gpu"))
+    # NVIDIA resources the kubelet allocates but nvhook does not count: pods given them
+    # would run without GPUs (void) or be denied.
+    uncounted = sorted(r for r in seen if r.startswith("nvidia.com/")
+                       and not allocation.matches(r, k.resources))
+    if uncounted:
+        checks.append(Check(Level.WARN, "resources", f"the kubelet allocates "
+                            f"{', '.join(uncounted)}, which kubernetes.resources ({names}) "
+                            "does not count: such pods get no GPU",
+                            "add them (or a pattern, e.g. nvidia.com/mig-*) to "
+                            "kubernetes.resources"))
+    else:
+        checks.append(Check(Level.OK if gpuish else Level.WARN, "resources",
+                            f"allocation counts {names}" if present or gpuish else names,
+                            None if gpuish else "add the device plugin's resource names "
+                            "(kubernetes.resources), e.g. nvidia.com/gpu"))
     return checks
 
 

@@ -117,20 +117,19 @@ def pod_view(config: Config, namespace: str, pod: str, container: str | None,
              inventory_file: Path | None = None) -> dict[str, Any]:
     """``explain --pod``: the kubelet's allocation for each container of a pod, and what a
     container of that pod asking as the device plugin does (its allocated ids; ``all``, as a
-    CUDA image bakes in, when it has none) would get. Raises ``AllocationError``."""
+    CUDA image bakes in, when it has none) would get. The pod is read as the hook reads it
+    (``Get``, else ``List``), and each container judged by the hook's own evaluation.
+    Raises ``AllocationError``."""
     from nvhook.kube import podresources
 
     k = config.kubernetes
-    pods = [p for p in podresources.list_pods(k.socket, k.timeout)
-            if p.namespace == namespace and p.name == pod]
-    if not pods:
-        raise AllocationError(f"kubelet {k.socket}: pod {namespace}/{pod} is not listed")
-    names = [c.name for c in pods[0].containers]
+    found = podresources.lookup(k.socket, namespace, pod, k.timeout)
+    names = [c.name for c in found.containers]
     if container is not None and container not in names:
         raise AllocationError(f"pod {namespace}/{pod} has no container {container!r} "
                               f"(containers: {', '.join(names) or 'none'})")
     out = []
-    for c in pods[0].containers:
+    for c in found.containers:
         if container is not None and c.name != container:
             continue
         ids = [strip_replica(i) for d in c.devices if matches(d.resource, k.resources)
@@ -141,12 +140,16 @@ def pod_view(config: Config, namespace: str, pod: str, container: str | None,
         e = evaluate(spec_mod.from_document(Path("/explain-pod/config.json"), doc), config,
                      inventory_file)
         out.append({"container": c.name,
-                    "devices": [{"resource": d.resource, "ids": list(d.device_ids)}
+                    "devices": [{"resource": d.resource, "ids": list(d.device_ids),
+                                 "counted": matches(d.resource, k.resources)}
                                 for d in c.devices],
+                    "cdi_devices": list(c.cdi_devices),
                     "asks": env, "decision": e.decision.outcome.value,
                     "granted": list(e.decision.granted), "reasons": e.decision.reasons,
                     "allocation": e.allocation_json()})
-    return {"namespace": namespace, "pod": pod, "containers": out}
+    return {"namespace": namespace, "pod": pod,
+            "kubelet": {"socket": str(k.socket), "answered_by": found.via.value},
+            "containers": out}
 
 
 def containerd_annotations_of(namespace: str, pod: str, container: str) -> dict[str, str]:
@@ -156,11 +159,18 @@ def containerd_annotations_of(namespace: str, pod: str, container: str) -> dict[
 
 
 def pod_text(view: dict[str, Any]) -> str:
-    lines = [f"pod {view['namespace']}/{view['pod']}"]
+    kubelet = view["kubelet"]
+    lines = [f"pod {view['namespace']}/{view['pod']} (kubelet {kubelet['socket']}, "
+             f"answered by {kubelet['answered_by']})"]
     for c in view["containers"]:
-        devices = "; ".join(f"{d['resource']}: {','.join(d['ids'])}" for d in c["devices"])
+        devices = "; ".join(f"{d['resource']}: {','.join(d['ids'])}"
+                            + ("" if d["counted"] else " (not counted: not in "
+                               "kubernetes.resources)") for d in c["devices"])
         lines.append(f"  container {c['container']}: kubelet allocated {devices or 'no device'}")
+        if c["cdi_devices"]:
+            lines.append(f"    CDI devices (DRA): {', '.join(c['cdi_devices'])}")
         lines.append(f"    {c['asks']} -> {c['decision']}, granted "
                      f"{', '.join(c['granted']) or 'none'}")
         lines += [f"    reason: {r}" for r in c["reasons"]]
-    return "\n".join(lines)
+    # Pod and container names and ids come from the kubelet: one row stays one line.
+    return "\n".join(one_line(line) for line in lines)
