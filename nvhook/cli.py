@@ -159,6 +159,57 @@ def leases(
     _guard(go)
 
 
+@app.command("log")
+def log_(
+    ctx: typer.Context,
+    pod: Annotated[str | None, typer.Option("--pod", metavar="NAMESPACE/POD",
+                                            help="Only this pod's containers.")] = None,
+    decision: Annotated[
+        list[str] | None,
+        typer.Option("--decision", metavar="WORD", help="Only this decision: allow, rewrite, "
+                     "deny, void (an empty kubelet allocation) or release (repeatable).",
+                     show_default=False),
+    ] = None,
+    since: Annotated[str | None, typer.Option(
+        "--since", metavar="TIME", help="Only entries from TIME on: an ISO time (no zone: "
+        "local time) or back from now, 30s, 10m, 2h, 1d.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print each entry as its JSON "
+                                          "line.")] = False,
+    file: Annotated[str | None, typer.Option(
+        "--file", metavar="PATH", help="Read this log instead of audit.path ('-': stdin).",
+        show_default=False)] = None,
+) -> None:
+    """Show the audit log: one aligned line per decision (time, decision, container, pod,
+    reason), or its JSON lines; a malformed line is a warning, then skipped."""
+    from nvhook.errors import LogError
+    from nvhook.ops import log as log_mod
+
+    def go() -> None:
+        filt = log_mod.Filter(
+            pod=log_mod.parse_pod(pod) if pod is not None else None,
+            kinds=log_mod.parse_kinds(decision or ()),
+            since=log_mod.parse_since(since) if since is not None else None,
+        )
+        path = file
+        if path is None:
+            path = load_config(ctx).audit_path
+            if not path:
+                raise LogError('the audit log is off (audit.path = ""); give --file PATH')
+        with log_mod.open_log(path) as stream:
+            header = as_json
+            for item in log_mod.select(stream, filt):
+                if isinstance(item, log_mod.Malformed):
+                    sys.stdout.flush()  # the warning lands between the rows it sits between
+                    print(log_mod.warning(path, item), file=sys.stderr)
+                    continue
+                if not header:
+                    print(log_mod.format_row(log_mod.HEADER))
+                    header = True
+                print(log_mod.as_json(item) if as_json else log_mod.row(item))
+
+    _guard(go)
+
+
 @app.command()
 def explain(
     ctx: typer.Context,

@@ -23,6 +23,7 @@ class ExitStatus(IntEnum):
     DELEGATE = 8  # NVIDIA's hook (or the low-level runtime) could not be run
     WRITE = 9  # a file nvhook rewrites could not be written
     DOCTOR = 10  # `nvhook doctor` found a failing check
+    LOG = 11  # `nvhook log`: the audit log is missing or cannot be read
 
 
 EXIT_MEANINGS: dict[ExitStatus, str] = {
@@ -39,6 +40,7 @@ EXIT_MEANINGS: dict[ExitStatus, str] = {
     ExitStatus.DELEGATE: "NVIDIA's hook (or the low-level runtime) could not be run",
     ExitStatus.WRITE: "a file nvhook rewrites could not be written",
     ExitStatus.DOCTOR: "nvhook doctor found a failing check",
+    ExitStatus.LOG: "nvhook log: the audit log is missing, off or cannot be read",
 }
 """What each status means, for ``--help``'s man page and ``docs/exit-codes.md``."""
 
@@ -84,6 +86,10 @@ class DelegateError(NvhookError):
 
 class WriteError(NvhookError):
     status = ExitStatus.WRITE
+
+
+class LogError(NvhookError):
+    status = ExitStatus.LOG
 
 
 class DeniedError(NvhookError):

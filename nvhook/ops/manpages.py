@@ -138,7 +138,8 @@ def nvhook_8(root: Any) -> str:
             "stack. Whatever a container's env, mounts, annotations or device nodes ask for, "
             "it gets only the GPUs that were allocated to it and that the node's policy lets "
             "it have; the decision is checked against the live GPUs (NVML), written to an "
-            "audit log, and explained in one line (starting nvhook: ) when it refuses."
+            "audit log (read it with nvhook log) and to syslog (journalctl -t nvhook), and "
+            "explained in one line (starting nvhook: ) when it refuses."
         ),
         ".PP",
         _roff(
@@ -171,6 +172,9 @@ def nvhook_8(root: Any) -> str:
         ".TP",
         f"\\fI{_roff(schema.by_dotted()['audit.path'].default)}\\fR",
         _roff("The audit log: one JSON line per decision on a GPU request."),
+        ".TP",
+        f"\\fI{_roff(schema.by_dotted()['audit.syslog-socket'].default)}\\fR",
+        _roff("The syslog socket each decision is also sent to (facility daemon, ident nvhook)."),
         ".SH SEE ALSO",
         "\\fBnvhook.toml\\fR(5), \\fBrunc\\fR(8), \\fBpodman\\fR(1), \\fBoci-hooks\\fR(5)",
         "",
