@@ -1,6 +1,15 @@
 """nvhook benchmark: one command, one table, one JSON file.
 
     .venv/bin/python bench/run.py [--rounds N] [--out bench/results/latest.json]
+                                  [--editable | --python DIR]
+
+What is measured is what an operator installs: by default a regular (non-editable) install
+of this checkout, built as a wheel and installed with its dependencies (through pip's
+configured index, as scripts/setup-venv.sh gets them) into a throwaway venv; its
+``bin/python`` is the yardstick's interpreter too. ``--editable`` measures the repo's .venv
+instead (an editable install: its import hook runs at every interpreter start, yardstick
+included) and ``--python DIR`` any environment DIR with nvhook installed. The install's kind,
+path and Python version head the table and are in the JSON.
 
 Every number is taken in this one run and reported as a ratio against a yardstick timed in
 the same run: the variants of a row are interleaved round-robin (A, B, C, A, B, C, ...) so
@@ -32,6 +41,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
 import fakenvml  # noqa: E402  (tests/fakenvml: builds the fake libnvidia-ml.so.1)
+import regular_install  # noqa: E402  (tests/regular_install.py: a throwaway regular install)
 
 SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 WARMUP = 2
@@ -144,12 +154,21 @@ def measure(variants: Sequence[Variant], rounds: int, tmp: Path) -> None:
 @dataclass
 class Node:
     tmp: Path
-    nvhook: Path
+    install: regular_install.Install
     libdir: Path
     config: Path
     audit: Path
     topology: Path
     counter: int = 0
+
+    @property
+    def nvhook(self) -> Path:
+        return self.install.nvhook
+
+    @property
+    def python(self) -> str:
+        """The install's interpreter: the yardstick ``python -I -c pass`` runs it."""
+        return str(self.install.python)
 
     def env(self, *, topology: bool = False) -> dict[str, str]:
         env = {"PATH": SAFE_PATH, "LD_LIBRARY_PATH": str(self.libdir)}
@@ -186,11 +205,9 @@ class Node:
                        self.state(bundle, cid), expect_rc)
 
 
-def make_node(tmp: Path) -> Node:
-    nvhook = Path(sys.executable).with_name("nvhook")
-    if not os.access(nvhook, os.X_OK):
-        sys.exit(f"bench: {nvhook} is missing: run `bash scripts/setup-venv.sh` and run this "
-                 "with .venv/bin/python")
+def make_node(tmp: Path, install: regular_install.Install) -> Node:
+    if not os.access(install.nvhook, os.X_OK):
+        sys.exit(f"bench: {install.nvhook} is missing or not executable")
     libdir = fakenvml.build(tmp / "fakenvml")
     delegate = tmp / "nvidia-hook"
     delegate.write_text("#!/bin/sh\nexit 0\n")
@@ -199,7 +216,7 @@ def make_node(tmp: Path) -> Node:
     config = tmp / "config.toml"
     config.write_text(f'[audit]\npath = "{audit}"\n\n[delegate]\npath = "{delegate}"\n')
     topology = fakenvml.write_topology(tmp / "topology.txt", fakenvml.big_topology(8, 7))
-    return Node(tmp, nvhook, libdir, config, audit, topology)
+    return Node(tmp, install, libdir, config, audit, topology)
 
 
 def filler(n: int) -> list[str]:
@@ -277,7 +294,7 @@ def errors_of(variants: Sequence[Variant]) -> list[str]:
 
 
 def bench_hook_paths(node: Node, rounds: int) -> tuple[list[Row], list[Variant]]:
-    py = sys.executable
+    py = node.python
     nogpu = node.bundle(["PATH=/bin:/usr/bin", "HOME=/root", "TERM=xterm"])
     allow = node.bundle(["PATH=/bin", f"NVIDIA_VISIBLE_DEVICES={fakenvml.GPU0_UUID}"])
     deny = node.bundle(["PATH=/bin", "NVIDIA_VISIBLE_DEVICES=all"])
@@ -288,8 +305,8 @@ def bench_hook_paths(node: Node, rounds: int) -> tuple[list[Row], list[Variant]]
     vs = [v_pass, v_nogpu, v_allow, v_deny]
     measure(vs, rounds, node.tmp)
     rows = [
-        ratio_row("1 no-GPU path", "nvhook prestart, no GPU vs python -I -c pass",
-                  v_nogpu, v_pass, 1.5),
+        ratio_row("1 no-GPU path", f"nvhook prestart ({node.install.kind} install), no GPU "
+                  "vs python -I -c pass", v_nogpu, v_pass, 1.5),
         ratio_row("3 GPU path", "GPU allow (fake NVML, no-op delegate) vs no-GPU",
                   v_allow, v_nogpu, None),
     ]
@@ -480,7 +497,7 @@ def bench_memory(node: Node, rounds: int) -> tuple[list[Row], list[Variant]]:
     subprocess.run(["gcc", "-O2", "-o", str(probe), "-x", "c", "-"], input=RSS_PROBE_C,
                    text=True, check=True, capture_output=True)
     rss_file = node.tmp / "rss.txt"
-    py = sys.executable
+    py = node.python
     nogpu = node.bundle(["PATH=/bin:/usr/bin", "HOME=/root", "TERM=xterm"])
     allow = node.bundle(["PATH=/bin", f"NVIDIA_VISIBLE_DEVICES={fakenvml.GPU0_UUID}"])
     deny = node.bundle(["PATH=/bin", "NVIDIA_VISIBLE_DEVICES=all"])
@@ -608,7 +625,7 @@ def bench_concurrency(node: Node, rounds: int) -> tuple[list[Row], dict[str, Any
     for r in range(rounds):
         # Yardstick first, then the hooks: 64 `python -I -c pass` at once.
         start = time.perf_counter_ns()
-        pids = [spawn([sys.executable, "-I", "-c", "pass"], node.env(), None, errfile)
+        pids = [spawn([node.python, "-I", "-c", "pass"], node.env(), None, errfile)
                 for _ in range(n)]
         for pid in pids:
             os.wait4(pid, 0)
@@ -710,6 +727,29 @@ def print_table(rows: Sequence[Row]) -> None:
             print("  ".join("-" * w for w in widths))
 
 
+def pick_install(args: argparse.Namespace, tmp: Path) -> regular_install.Install:
+    """The install to measure: a fresh regular one of this checkout unless told otherwise."""
+    if args.editable or args.python:
+        prefix = REPO / ".venv" if args.editable else args.python.absolute()
+        try:
+            return regular_install.describe(prefix)
+        except RuntimeError as e:
+            sys.exit(f"bench: {e}")
+    print("bench: building and installing this checkout (regular, not editable) in a "
+          "throwaway venv ...", file=sys.stderr, flush=True)
+    t0 = time.monotonic()
+    try:
+        install = regular_install.install(tmp / "venv")
+    except (RuntimeError, subprocess.CalledProcessError) as e:
+        sys.exit(f"bench: the regular install failed (or pass --editable / --python DIR): {e}")
+    print(f"  install: {time.monotonic() - t0:.1f} s", file=sys.stderr, flush=True)
+    return install
+
+
+def describe_install(install: regular_install.Install) -> str:
+    return f"{install.kind} install at {install.prefix}, Python {install.python_version}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=30, help="timed rounds per variant (30)")
@@ -717,14 +757,24 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="rounds of the 64-hooks-at-once test (3)")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "latest.json")
     ap.add_argument("--skip-runc", action="store_true", help="leave out the runc row")
+    ap.add_argument("--only", metavar="STEP,...", type=lambda v: set(v.split(",")),
+                    help="run only these steps (names as printed: 'hook paths', kubernetes, "
+                         "...)")
+    which = ap.add_mutually_exclusive_group()
+    which.add_argument("--editable", action="store_true",
+                       help="measure the repo's .venv (an editable install) instead")
+    which.add_argument("--python", type=Path, metavar="DIR",
+                       help="measure the nvhook installed in the environment DIR instead")
     args = ap.parse_args(argv)
     info = machine()
-    print(f"nvhook bench: {info['cpu_model']}, {info['nproc']} CPUs, Python {info['python']}, "
-          f"{args.rounds} rounds, load {info['loadavg_start'][0]:.2f}", flush=True)
+    print(f"nvhook bench: {info['cpu_model']}, {info['nproc']} CPUs, {args.rounds} rounds, "
+          f"load {info['loadavg_start'][0]:.2f}", flush=True)
     rows: list[Row] = []
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="nvhook-bench-") as tmpdir:
-        node = make_node(Path(tmpdir))
+        install = pick_install(args, Path(tmpdir))
+        print(f"install: {describe_install(install)}", flush=True)
+        node = make_node(Path(tmpdir), install)
         variants: list[Variant] = []
         steps: list[tuple[str, Callable[[], tuple[list[Row], Any]]]] = [
             ("hook paths", lambda: bench_hook_paths(node, args.rounds)),
@@ -740,6 +790,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                             "<= 1.8x", None))
         else:
             steps.insert(1, ("runc", lambda: bench_runc(node, args.rounds)))
+        if args.only:
+            steps = [step for step in steps if step[0] in args.only]
         for name, step in steps:
             t0 = time.monotonic()
             new_rows, vs = step()
@@ -750,6 +802,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows.sort(key=lambda r: r.group)
     info["loadavg_end"] = os.getloadavg()
     print()
+    print(f"measured: {describe_install(install)}")
     print_table(rows)
     errors = errors_of(variants)
     for e in errors:
@@ -761,6 +814,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                + f"; {time.monotonic() - started:.0f} s")
     doc = {
         "machine": info,
+        "install": install.describe(),
         "rounds": args.rounds,
         "warmup_rounds": WARMUP,
         "rows": [{"group": r.group, "label": r.label, "measured": r.measured,
