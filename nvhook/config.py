@@ -17,7 +17,9 @@ from typing import Any
 
 from nvhook.decision.policy import (
     IDENTITY_FIELDS,
+    MAX_IMEX_CHANNEL,
     POLICY_KEYS,
+    ChannelNumbers,
     LeaseMode,
     LeasePolicy,
     Policy,
@@ -157,6 +159,8 @@ class _Reader:
             kind = POLICY_KEYS[key]
             if kind is tuple:
                 fields[key.replace("-", "_")] = tuple(self.uuid_list(value, at))
+            elif kind is ChannelNumbers:
+                fields[key.replace("-", "_")] = tuple(self.channel_numbers(value, at))
             elif isinstance(kind, tuple):
                 fields[key.replace("-", "_")] = tuple(self.choices_list(value, at, kind))
             else:
@@ -348,6 +352,15 @@ class _Reader:
             if item[:4].upper() not in ("GPU-", "MIG-"):
                 raise self.fail(at, f"expected GPU-/MIG- UUIDs, got {item!r}")
         return items
+
+    def channel_numbers(self, value: Any, at: str) -> list[int]:
+        if not isinstance(value, list) or not all(
+            isinstance(v, int) and not isinstance(v, bool) and 0 <= v < MAX_IMEX_CHANNEL
+            for v in value
+        ):
+            raise self.fail(at, f"expected an array of IMEX channel numbers (integers 0.."
+                            f"{MAX_IMEX_CHANNEL - 1}), got {value!r}")
+        return list(dict.fromkeys(value))
 
     def strings(self, value: Any, at: str) -> list[str]:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):

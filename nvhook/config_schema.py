@@ -95,6 +95,12 @@ KEYS: tuple[Key, ...] = (
     Key("policy", "mig-config", "string", P.mig_config.value,
         "who may ask for NVIDIA_MIG_CONFIG_DEVICES / NVIDIA_MIG_MONITOR_DEVICES",
         _values(p.MigConfig)),
+    Key("policy", "imex", "string", P.imex.value,
+        "who may have IMEX channels (NVIDIA_IMEX_CHANNELS, imex/ volume mounts, "
+        "nvidia.com/imex-channel CDI names): never, privileged containers, or always",
+        _values(p.Imex)),
+    Key("policy", "imex-channels", "array of integers", list(P.imex_channels),
+        "the IMEX channel numbers that may be granted; empty: any channel policy.imex allows"),
     Key("policy", "device-nodes", "string", P.device_nodes.value,
         "deny: a /dev/nvidiaN already in the spec's linux.devices is refused (it cannot be "
         "rewritten)", _values(p.DeviceNodes)),

@@ -12,8 +12,16 @@ from builders import INVENTORY_JSON
 from fakenvml import GPU0_UUID, GPU1_UUID, MIG_A_UUID, MIG_B_UUID
 
 from nvhook.decision.decide import Decision, Outcome, decide
-from nvhook.decision.policy import AllRule, Indices, Mode, Policy
-from nvhook.decision.request import VISIBLE_DEVICES, Kind, cdi_device_name, parse
+from nvhook.decision.policy import AllRule, Imex, Indices, Mode, Policy
+from nvhook.decision.request import (
+    VISIBLE_DEVICES,
+    Kind,
+    cdi_device_name,
+    clean_path,
+    env_map,
+    parse,
+    split_ids,
+)
 from nvhook.gpus.inventory import IdForm, Inventory, MigDevice, Unresolved, from_json
 from nvhook.oci.spec import Spec, from_document
 
@@ -26,7 +34,8 @@ OTHER_MIG = "MIG-99999999-8888-5777-8666-555555555555"
 
 DEFAULT = Policy()
 REWRITE = Policy(mode=Mode.REWRITE)
-RESTRICT = Policy(mode=Mode.REWRITE, allow=(GPU0_UUID,), indices=Indices.DENY, all=AllRule.NEVER)
+RESTRICT = Policy(mode=Mode.REWRITE, allow=(GPU0_UUID,), indices=Indices.DENY, all=AllRule.NEVER,
+                  imex=Imex.ALWAYS, imex_channels=(0,))
 RESTRICT_ENFORCE = dataclasses.replace(RESTRICT, mode=Mode.ENFORCE)
 CONFIG = Path("/bundle/config.json")
 _CANONICAL = re.compile(r"^(void|none|(GPU|MIG)-[0-9a-f-]{36}(,(GPU|MIG)-[0-9a-f-]{36})*)$")
@@ -71,6 +80,35 @@ def attached(spec: Spec) -> tuple[frozenset[str], list[str]]:
     return frozenset(found), bad
 
 
+IMEX_ROOT = "/var/run/nvidia-container-devices"
+
+
+def imex_attached(spec: Spec) -> frozenset[str]:
+    """The IMEX channels NVIDIA's stack would attach, read straight from the spec with every
+    channel counted: NVIDIA_IMEX_CHANNELS (last duplicate; any all/none/void item means
+    none), /dev/null binds under .../imex/, and nvidia.com/imex-channel CDI names. Only for a
+    container that asks for a GPU (the CDI names count on their own): NVIDIA attaches the env's
+    and mounts' IMEX channels only alongside one."""
+    if not parse(spec).asks_for_gpu:
+        return frozenset(_imex_cdi(spec))
+    ids = split_ids(env_map(spec.env).get("NVIDIA_IMEX_CHANNELS", ""))
+    found = set() if {"all", "none", "void"} & set(ids) else set(ids)
+    for m in spec.mounts:
+        destination = clean_path(m.destination)
+        if clean_path(m.source) != "/dev/null" or not destination.startswith(IMEX_ROOT):
+            continue
+        rest = destination[len(IMEX_ROOT):].strip("/")  # NVIDIA's plain prefix test
+        if rest.startswith("imex/"):
+            found.add(rest.removeprefix("imex/"))
+    return frozenset(found | _imex_cdi(spec))
+
+
+def _imex_cdi(spec: Spec) -> set[str]:
+    return {n.partition("=")[2] for key, value in spec.annotations.items()
+            if key.startswith("cdi.k8s.io/") for n in split_ids(value)
+            if n.startswith("nvidia.com/imex-channel=")}
+
+
 def named_one_by_one(spec: Spec) -> frozenset[str]:
     """The devices a spec names by an id other than `all`, on any channel."""
     request = parse(spec)
@@ -112,6 +150,12 @@ def check_invariants(doc: dict[str, Any], policy: Policy) -> Decision:
     got, bad = attached(after)
     assert not bad, f"the spec handed on names unresolvable ids {bad}: {decision}"
     assert got == granted, f"NVIDIA would attach {sorted(got)}, granted {sorted(granted)}"
+    imex = imex_attached(after)
+    assert imex == set(decision.imex), f"NVIDIA would attach IMEX {sorted(imex)}: {decision}"
+    if policy.imex is not Imex.ALWAYS and not privileged and policy.mode is not Mode.AUDIT:
+        assert not imex, f"IMEX reached an unprivileged container: {decision}"
+    if policy.imex_channels and policy.mode is not Mode.AUDIT:
+        assert all(c.isdigit() and int(c) in policy.imex_channels for c in imex), decision
     if decision.outcome is Outcome.REWRITE:
         assert list(decision.env) == decision.doc["process"]["env"]
         had = any(e.startswith(f"{VISIBLE_DEVICES}=") for e in spec.env) or parse(

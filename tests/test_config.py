@@ -19,6 +19,7 @@ from nvhook.config import (
 from nvhook.decision.policy import (
     AllRule,
     DeviceNodes,
+    Imex,
     Indices,
     MigConfig,
     Mode,
@@ -121,12 +122,16 @@ allow = ["{GPU0_UUID}", "{MIG_A_UUID}"]
 deny = ["GPU-00000000-0000-4000-8000-000000000000"]
 driver-capabilities = ["compute", "utility", "compute"]
 mig-config = "never"
+imex = "never"
+imex-channels = [3, 0, 3]
 device-nodes = "deny"
 
 [[policy.rules]]
 name = "team-a"
 match.annotations = {{ "io.kubernetes.pod.namespace" = "team-a" }}
 all = "always"
+imex = "always"
+imex-channels = [7]
 
 [inventory]
 source = "file"
@@ -163,10 +168,13 @@ def test_full_file():
         deny=("GPU-00000000-0000-4000-8000-000000000000",),
         driver_capabilities=("compute", "utility"),
         mig_config=MigConfig.NEVER,
+        imex=Imex.NEVER,
+        imex_channels=(3, 0),
         device_nodes=DeviceNodes.DENY,
     )
     assert [r.name for r in cfg.rules] == ["team-a"]
-    assert cfg.rules[0].overrides == {"all": AllRule.ALWAYS}
+    assert cfg.rules[0].overrides == {"all": AllRule.ALWAYS, "imex": Imex.ALWAYS,
+                                      "imex_channels": (7,)}
     assert cfg.inventory == InventorySettings(
         InventorySource.FILE, Path("/etc/nvhook/inventory.json"), 2.0
     )
@@ -211,6 +219,18 @@ ERRORS = [
       id="bad mig-config"),
     P('[policy]\ndevice-nodes = "ignore"', "policy.device-nodes", "'accept', 'deny'",
       id="bad device-nodes"),
+    P('[policy]\nimex = "any"', "policy.imex", "'never', 'privileged', 'always', got 'any'",
+      id="bad imex"),
+    P('[policy]\nimex-channels = ["0"]', "policy.imex-channels",
+      "expected an array of IMEX channel numbers", id="imex-channels as strings"),
+    P("[policy]\nimex-channels = [-1]", "policy.imex-channels", "integers 0..1048575",
+      id="negative IMEX channel"),
+    P("[policy]\nimex-channels = [1048576]", "policy.imex-channels", "got [1048576]",
+      id="IMEX channel past libnvidia-container's bound"),
+    P("[policy]\nimex-channels = [true]", "policy.imex-channels", "got [True]",
+      id="IMEX channel as a boolean"),
+    P('[[policy.rules]]\nmatch.annotations = {a = "x"}\nimex = "sometimes"',
+      "policy.rules[0].imex", "got 'sometimes'", id="bad imex in a rule"),
     P("polcy = {}", "polcy", "unknown key (expected one of audit, delegate, inventory,",
       id="unknown top-level key"),
     P('[policy]\nunprivileged_env = "deny"', "policy.unprivileged_env", "unknown key",

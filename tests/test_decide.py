@@ -29,6 +29,7 @@ from nvhook.decision.decide import Outcome, Violation, decide, needs_inventory, 
 from nvhook.decision.policy import Policy
 from nvhook.decision.request import parse
 from nvhook.errors import InventoryError
+from nvhook.nvidia.config import NvidiaConfig
 
 P = pytest.param
 INV = fake_inventory()
@@ -214,8 +215,8 @@ DECISIONS = [
       id="CDI deny"),
     P({"annotations": {"cdi.k8s.io/gpu": "nvidia.com/gpu=9"}}, {}, DENY, (), None,
       "device 'nvidia.com/gpu=9': index out of range", id="CDI name that does not resolve"),
-    P({"annotations": {"cdi.k8s.io/gpu": "nvidia.com/imex-channel=0"}}, {}, ALLOW, (), None, None,
-      id="CDI IMEX channel attaches no GPU: not judged"),
+    P({"annotations": {"cdi.k8s.io/gpu": "nvidia.com/imex-channel=0"}, "caps": ADMIN}, {}, ALLOW,
+      (), None, None, id="CDI IMEX channel attaches no GPU, and IMEX is allowed when privileged"),
     P({"annotations": {"cdi.k8s.io/x": "vendor.com/fpga=0,nvidia.com/gpu=1"}},
       {"deny": [G1], "mode": "rewrite"}, REWRITE, (), None, "deny list",
       id="CDI rewrite drops the refused nvidia name, keeps the other vendor's"),
@@ -373,9 +374,34 @@ def test_rewrite_keeps_other_entries_in_order_and_places_the_variable_first_seen
     assert d.env == ("A=1", nvd(G0), "B=2", "C=3")
 
 
-def test_rewrite_keeps_malformed_entries_where_they_were():
-    d, _ = run({"env": ["X", nvd("0"), NVD]}, {})
-    assert d.env == ("X", nvd(G0), NVD)
+# -- an env entry without "=": NVIDIA's hook fails on it, runc refuses it -------------------
+
+MALFORMED = [
+    P(["X", nvd("0")], {}, DENY, 'process.env[0] "X": an env entry without "="',
+      id="enforce: denied, the entry and its index named"),
+    P([nvd("0"), "X"], {"mode": "rewrite"}, DENY, 'process.env[1] "X"',
+      id="rewrite: denied too (dropping it would start what runc refuses)"),
+    P([nvd("0"), "X"], {"mode": "audit"}, DENY, 'process.env[1] "X"',
+      id="audit: denied too (the container cannot start anyway)"),
+    P(["A\x1bB\u2028", nvd("0")], {}, DENY, 'process.env[0] "A\\x1bB\\u2028"',
+      id="control characters in the entry are escaped"),
+    P([nvd("0"), NVD], {}, DENY, 'process.env[1] "NVIDIA_VISIBLE_DEVICES"',
+      id="the GPU variable itself without a value"),
+    P(["X", "PATH=/bin"], {}, SKIP, None, id="no GPU asked: not affected"),
+    P([NVD], {}, SKIP, None, id="only a bare NVIDIA_VISIBLE_DEVICES: asks for nothing"),
+]
+
+
+@pytest.mark.parametrize(("env", "overrides", "outcome", "reason"), MALFORMED)
+def test_env_entry_without_equals(env, overrides, outcome, reason):
+    d, spec = run({"env": env}, overrides)
+    assert d.outcome is outcome
+    if reason is None:
+        assert d.violations == ()
+    else:
+        assert d.denial.startswith(reason), d.denial
+        assert "\n" not in d.denial and "\u2028" not in d.denial and "\x1b" not in d.denial
+        assert d.granted == () and d.doc is None and d.env == spec.env
 
 
 def test_legacy_void_is_appended_never_deleted():
@@ -440,14 +466,14 @@ def test_mig_rewrite_removes_both_variables():
 
 def test_mount_rewrite_pins_destinations_and_keeps_other_mounts():
     d, _ = run({"mounts": [device_mount("0"), mount("/data", "/data"), device_mount("1:1"),
-                           device_mount("imex/channel0")]}, {})
+                           device_mount("imex/0")], "caps": ADMIN}, {})
     assert d.outcome is REWRITE
     assert [(m["source"], m["destination"]) for m in d.doc["mounts"]] == [
         ("proc", "/proc"),
         ("/dev/null", f"{ROOT}/{G0}"),
         ("/data", "/data"),
         ("/dev/null", f"{ROOT}/{MB}"),
-        ("/dev/null", f"{ROOT}/imex/channel0"),
+        ("/dev/null", f"{ROOT}/imex/0"),
     ]
     assert d.doc["mounts"][1]["options"] == ["ro", "nosuid", "nodev", "bind"]
 
@@ -484,7 +510,7 @@ def test_cdi_rewrite_keeps_other_vendors_and_other_annotations():
         "cdi.k8s.io/c": "nvidia.com/imex-channel=0",
         "io.kubernetes.pod.namespace": "team-a",
     }
-    d, _ = run({"annotations": ann}, {"mode": "rewrite", "deny": [G1]})
+    d, _ = run({"annotations": ann}, {"mode": "rewrite", "deny": [G1], "imex": "always"})
     assert d.outcome is REWRITE
     assert d.granted == (G0,)
     assert d.doc["annotations"] == {
@@ -492,6 +518,7 @@ def test_cdi_rewrite_keeps_other_vendors_and_other_annotations():
         "cdi.k8s.io/c": "nvidia.com/imex-channel=0",
         "io.kubernetes.pod.namespace": "team-a",
     }
+    assert d.imex == ("0",)
 
 
 def test_cdi_name_repeated_in_a_second_annotation_cannot_smuggle_a_refused_gpu():
@@ -639,3 +666,113 @@ def test_default_policy_is_enforce_privileged_all():
     assert (p.mode.value, p.all.value, p.unprivileged_env.value) == (
         "enforce", "privileged", "accept",
     )
+
+
+# -- IMEX channels -----------------------------------------------------------------------------
+# (container, policy overrides, NVIDIA's config (None: the union view), outcome, the IMEX channels
+# NVIDIA's stack attaches afterwards, NVIDIA_IMEX_CHANNELS afterwards (None: as it came), the
+# start of the denial line or first reason (None: no violation)).
+IMEX = "NVIDIA_IMEX_CHANNELS"
+GPU = [nvd(G0)]
+NV_DEFAULT = NvidiaConfig()
+NV_MOUNTS = NvidiaConfig(path="t", accept_volume_mounts=True)
+NV_ENV_OFF = NvidiaConfig(path="t", accept_env_unprivileged=False)
+NV_IGNORE = NvidiaConfig(path="t", ignore_imex_requests=True)
+UNPRIV_IMEX = ("an unprivileged container may not have IMEX channels "
+               '(policy.imex = "privileged")')
+
+
+def imex(value: str) -> str:
+    return f"{IMEX}={value}"
+
+
+IMEX_DECISIONS = [
+    P({"env": [*GPU, imex("0")]}, {}, None, DENY, (), None,
+      f"{IMEX}=0: IMEX channel 0: {UNPRIV_IMEX}", id="unprivileged, default policy: denied"),
+    P({"env": [*GPU, imex("0")], "caps": ADMIN}, {}, None, ALLOW, ("0",), None, None,
+      id="privileged, default policy: admitted"),
+    P({"env": [*GPU, imex("0")]}, {"imex": "always"}, None, ALLOW, ("0",), None, None,
+      id="imex = always: an unprivileged container admitted"),
+    P({"env": [*GPU, imex("0")], "caps": ADMIN}, {"imex": "never"}, None, DENY, (), None,
+      f'{IMEX}=0: IMEX channel 0: no container may have IMEX channels (policy.imex = "never")',
+      id="imex = never: a privileged container denied"),
+    P({"env": [*GPU, imex("0")]}, {"mode": "rewrite"}, None, REWRITE, (), "void", UNPRIV_IMEX,
+      id="rewrite: the refused channel becomes void, the GPU kept"),
+    P({"env": [*GPU, imex("0,1")], "caps": ADMIN}, {"mode": "rewrite", "imex_channels": [1]},
+      None, REWRITE, ("1",), "1", "IMEX channel 0: not on the allow list (policy.imex-channels)",
+      id="rewrite: only the allowed channel is kept"),
+    P({"env": [*GPU, imex("0,1")], "caps": ADMIN}, {"imex_channels": [1]}, None, DENY, (), None,
+      f"{IMEX}=0,1: IMEX channel 0: not on the allow list (policy.imex-channels)",
+      id="enforce: a channel off the allow list denies"),
+    P({"env": [*GPU, imex("00")], "caps": ADMIN}, {"imex_channels": [0]}, None, ALLOW, ("00",),
+      None, None, id="00 is channel 0, as libnvidia-container parses it"),
+    P({"env": [*GPU, imex("ALL")], "caps": ADMIN}, {}, None, DENY, (), None,
+      f"{IMEX}=ALL: IMEX channel ALL: not a channel number", id="ALL is no channel number"),
+    P({"env": [*GPU, imex("all")]}, {}, None, ALLOW, (), None, None,
+      id="all: NVIDIA attaches no channel, nothing to judge"),
+    P({"env": [*GPU, imex("void")]}, {"mode": "rewrite"}, None, ALLOW, (), None, None,
+      id="void: nothing to judge, nothing rewritten"),
+    P({"env": [imex("0")]}, {}, None, SKIP, (), None, None,
+      id="IMEX without a GPU request: NVIDIA attaches nothing, skipped"),
+    P({"env": [*GPU, imex("0")]}, {"mode": "audit"}, None, ALLOW, ("0",), None, UNPRIV_IMEX,
+      id="audit: admitted as asked, the violation recorded"),
+    P({"env": [*GPU, imex("0")]}, {}, NV_DEFAULT, DENY, (), None, UNPRIV_IMEX,
+      id="NVIDIA's defaults read an unprivileged env: denied"),
+    P({"env": [imex("0")], "annotations": {"cdi.k8s.io/g": "nvidia.com/gpu=0"}}, {}, NV_ENV_OFF,
+      ALLOW, (), None, None, id="unprivileged env not accepted by NVIDIA: not read, not judged"),
+    P({"env": [*GPU, imex("0")]}, {}, NV_IGNORE, ALLOW, (), None, None,
+      id="ignore-imex-channel-requests: NVIDIA reads no channel"),
+    P({"env": [*GPU, imex("0")], "mounts": [device_mount("imex/1")]}, {"mode": "rewrite"},
+      NV_MOUNTS, REWRITE, (), "void", f"mount /dev/null -> {ROOT}/imex/1: IMEX channel 1",
+      id="mounts read: the refused mount goes and the env fallback is voided"),
+    P({"env": [*GPU, imex("0")], "mounts": [device_mount("imex/1")]}, {}, NV_DEFAULT, DENY, (),
+      None, f"{IMEX}=0: IMEX channel 0",
+      id="mounts not accepted: the env is what is judged"),
+    P({"annotations": {"cdi.k8s.io/i": "nvidia.com/imex-channel=3"}}, {}, None, DENY, (), None,
+      f"annotation cdi.k8s.io/i=nvidia.com/imex-channel=3: IMEX channel 3: {UNPRIV_IMEX}",
+      id="CDI imex-channel name, unprivileged: denied"),
+    P({"annotations": {"cdi.k8s.io/i": "nvidia.com/imex-channel=3"}}, {"imex": "always"},
+      NV_IGNORE, ALLOW, ("3",), None, None,
+      id="CDI imex-channel name counts even under ignore-imex-channel-requests"),
+    P({"annotations": {"cdi.k8s.io/i": "nvidia.com/imex-channel=3,nvidia.com/gpu=0"}},
+      {"mode": "rewrite"}, None, REWRITE, (), None, UNPRIV_IMEX,
+      id="rewrite: the refused CDI name is dropped, the GPU name kept"),
+]
+
+
+@pytest.mark.parametrize(("container", "overrides", "nvidia", "outcome", "channels", "after",
+                          "reason"), IMEX_DECISIONS)
+def test_imex_decision(container, overrides, nvidia, outcome, channels, after, reason):
+    spec = make_spec(**container)
+    d = decide(parse(spec, nvidia=nvidia), INV, policy(**overrides), spec)
+    assert d.outcome is outcome, d.reasons
+    assert d.imex == channels
+    values = env_values(d.env, IMEX)
+    assert values == ([after] if after is not None else env_values(spec.env, IMEX))
+    if reason is None:
+        assert d.violations == ()
+    else:
+        assert d.reasons and reason in d.reasons[0], d.reasons
+    if outcome is REWRITE:
+        # What NVIDIA's stack reads from the rewritten spec is exactly what was kept.
+        again = parse(spec_from(d.doc), nvidia=nvidia)
+        assert tuple(c.id for c in again.imex.channels) == channels
+        assert decide(again, INV, policy(**overrides), spec_from(d.doc)).violations == ()
+
+
+def test_imex_rewrite_drops_every_spelling_of_a_refused_mount():
+    mounts = [device_mount("imex/1"), mount("/dev/null", f"{ROOT}/./imex//1/"),
+              mount("/data", "/data"), device_mount(G0)]
+    spec = make_spec(mounts=mounts, caps=ADMIN)
+    d = decide(parse(spec, nvidia=NV_MOUNTS), INV, policy(mode="rewrite", imex_channels=[2]), spec)
+    assert d.outcome is REWRITE
+    assert [m["destination"] for m in d.doc["mounts"]] == ["/proc", "/data", f"{ROOT}/{G0}"]
+
+
+def test_imex_rewrite_leaves_every_other_mount_alone():
+    mounts = [device_mount("7", source="/dev/zero"), device_mount("imex/1"), mount("/x", "/y")]
+    spec = make_spec(env=GPU, mounts=mounts)
+    d = decide(parse(spec, nvidia=NV_MOUNTS), INV, policy(mode="rewrite"), spec)
+    assert d.outcome is REWRITE
+    assert d.doc["mounts"] == [spec.doc["mounts"][i] for i in (0, 1, 3)]
+    assert d.imex == ()

@@ -111,8 +111,9 @@ DUPLICATES = [
     R("dup-uuid-other-vars-between", ["A=1", f"{V}=all", "B=2", f"{V}={G0}", "C=3"],
       "W:G0", "W:G0", "W:G0"),
     R("dup-three-ends-in-index", env_dups("0", "all", "1"), "W:G1", "W:G1", "W:"),
-    R("dup-first-without-equals", [V, f"{V}={G0}"], "A:G0", "A:G0", "A:G0"),
-    R("dup-last-without-equals", [f"{V}={G0}", V], "A:G0", "A:G0", "A:G0"),
+    # An entry without "=" fails NVIDIA's hook and runc: denied in every mode.
+    R("dup-first-without-equals", [V, f"{V}={G0}"], "D", "D", "D"),
+    R("dup-last-without-equals", [f"{V}={G0}", V], "D", "D", "D"),
     R("dup-ALL-then-all", env_dups("ALL", "all"), *REFUSED),
     R("dup-all-then-ALL", env_dups("all", "ALL"), *REFUSED),
     R("dup-privileged-uuid-then-all", env_dups(G0, "all"), "W:" + ALL4, "W:" + ALL4, "W:",
@@ -314,7 +315,7 @@ CDI_ANNOTATIONS = [
       annotations=cdi(f"nvidia.com/gpu={G0}", "nvidia.com/gpu=all")),
     R("cdi-ann-malformed", (), *REFUSED, annotations=cdi("nvidia.com/gpu")),
     R("cdi-ann-empty-name", (), *REFUSED, annotations=cdi("nvidia.com/gpu=")),
-    R("cdi-ann-imex", (), *NONE_OK, annotations=cdi("nvidia.com/imex-channel=0")),
+    R("cdi-ann-imex", (), "D", "W:", "A:", annotations=cdi("nvidia.com/imex-channel=0")),
     R("cdi-ann-other-vendor-and-gpu", (), "A:G1", "A:G1", "W:",
       annotations=cdi("vendor.com/fpga=0,nvidia.com/gpu=1")),
     R("cdi-ann-look-alike-prefix", (), *SKIP,
@@ -424,14 +425,92 @@ LEGACY = [
     R("legacy-with-mount", ["CUDA_VERSION=12"], "D", "W:G0", "W:G0", mounts=(dm(G0),)),
 ]
 
+# -- 12. IMEX channels: env, volume mounts, CDI names --------------------------------------------
+# Here the tokens name IMEX channels, not GPUs: ``A:0,1`` = allowed with channels 0 and 1
+# attached. The restrictive policy has imex = "always" and imex-channels = [0].
+IMEX_VAR = "NVIDIA_IMEX_CHANNELS"
+
+
+def imex_env(value: str, gpu: str | None = G0) -> tuple[str, ...]:
+    return ((f"{V}={gpu}",) if gpu is not None else ()) + (f"{IMEX_VAR}={value}",)
+
+
+def imex_cdi(value: str) -> dict[str, str]:
+    return {"cdi.k8s.io/imex": value}
+
+
+IMEX_ROWS = [
+    R("imex-env-unprivileged", imex_env("0"), "D", "W:", "A:0"),
+    R("imex-env-privileged", imex_env("0"), "A:0", "A:0", "A:0", caps=ADMIN),
+    R("imex-env-effective-only", imex_env("0"), "D", "W:", "A:0", effective=ADMIN),
+    R("imex-env-two-one-allowed", imex_env("0,1"), "A:0,1", "A:0,1", "W:0", caps=ADMIN),
+    R("imex-env-duplicates-last-wins", (f"{IMEX_VAR}=0", f"{V}={G0}", f"{IMEX_VAR}=1"),
+      "A:1", "A:1", "W:", caps=ADMIN),
+    R("imex-env-duplicates-unprivileged", (f"{IMEX_VAR}=1", f"{V}={G0}", f"{IMEX_VAR}=0"),
+      "D", "W:", "A:0"),
+    R("imex-env-all", imex_env("all"), "A:", "A:", "A:"),
+    R("imex-env-all-with-id", imex_env("0,all"), "A:", "A:", "A:"),
+    R("imex-env-none", imex_env("none"), "A:", "A:", "A:"),
+    R("imex-env-void-mixed", imex_env("3,void"), "A:", "A:", "A:"),
+    R("imex-env-empty", imex_env(""), "A:", "A:", "A:"),
+    R("imex-env-ALL-is-an-id", imex_env("ALL"), "D", "W:", "W:", caps=ADMIN),
+    R("imex-env-blanks-trimmed", imex_env(" 0 , ,"), "A:0", "A:0", "A:0", caps=ADMIN),
+    R("imex-env-leading-zero", imex_env("00"), "A:00", "A:00", "A:00", caps=ADMIN),
+    R("imex-env-plus-sign", imex_env("+0"), "D", "W:", "W:", caps=ADMIN),
+    R("imex-env-arabic-digit", imex_env("\u0663"), "D", "W:", "W:", caps=ADMIN),
+    R("imex-env-past-bound", imex_env("1048576"), "D", "W:", "W:", caps=ADMIN),
+    R("imex-env-thousands-of-digits", imex_env("9" * 5000), "D", "W:", "W:", caps=ADMIN),
+    R("imex-env-newline-in-id", imex_env("0\n1"), "D", "W:", "W:", caps=ADMIN),
+    R("imex-env-without-gpu", imex_env("0", gpu=None), *SKIP),
+    R("imex-env-with-gpu-none", imex_env("0", gpu="none"), "A:0", "A:0", "A:0", caps=ADMIN),
+    # The restrictive policy voids the legacy all: with no GPU left, no IMEX channel either.
+    R("imex-env-legacy-image", ("CUDA_VERSION=12", f"{IMEX_VAR}=0"), "W:0", "W:0", "W:",
+      caps=ADMIN),
+    R("imex-env-gpu-refused", imex_env("0", gpu=G1), "A:0", "A:0", "W:", caps=ADMIN),
+    R("imex-env-lowercase-name", (f"{V}={G0}", "nvidia_imex_channels=0"), "A:", "A:", "A:"),
+    R("imex-mount-unprivileged", (f"{V}={G0}",), "D", "W:", "A:0", mounts=(dm("imex/0"),)),
+    R("imex-mount-prefix-quirk", (f"{V}={G0}",), "D", "W:", "A:0",
+      mounts=(raw_mount("/dev/null", f"{ROOT}imex/0"),)),
+    R("imex-mount-dotdot", (f"{V}={G0}",), "A:1", "A:1", "W:", caps=ADMIN,
+      mounts=(raw_mount("/dev/null", f"{ROOT}/x/../imex/1"),)),
+    R("imex-mount-two-spellings", (f"{V}={G0}",), "D", "W:", "W:",
+      mounts=(dm("imex/1"), raw_mount("//dev/null", f"{ROOT}//imex/1/"))),
+    R("imex-mount-forged-source", (f"{V}={G0}",), "A:", "A:", "A:",
+      mounts=(dm("imex/0", "/dev/zero"),)),
+    R("imex-mount-and-env", imex_env("0"), "A:0,1", "A:0,1", "W:0", caps=ADMIN,
+      mounts=(dm("imex/1"),)),
+    R("imex-mount-without-gpu", (), *SKIP, mounts=(dm("imex/0"),)),
+    R("imex-cdi-alone-unprivileged", (), "D", "W:", "A:0",
+      annotations=imex_cdi("nvidia.com/imex-channel=0")),
+    R("imex-cdi-repeated", (), "A:1", "A:1", "W:", caps=ADMIN,
+      annotations={"cdi.k8s.io/a": "nvidia.com/imex-channel=1",
+                   "cdi.k8s.io/b": "nvidia.com/imex-channel=1"}),
+    R("imex-cdi-with-gpu-name", (), "D", "W:", "W:0",
+      annotations=imex_cdi("nvidia.com/gpu=0,nvidia.com/imex-channel=0")),
+    R("imex-cdi-all", (), "D", "W:", "W:", caps=ADMIN,
+      annotations=imex_cdi("nvidia.com/imex-channel=all")),
+    R("imex-cdi-look-alike-kind", (), "A:", "A:", "A:", caps=ADMIN,
+      annotations=imex_cdi("nvidia.com/imex-channels=0")),
+    R("imex-env-and-cdi", imex_env("0"), "D", "W:", "W:0",
+      annotations=imex_cdi("nvidia.com/imex-channel=2")),
+    R("imex-every-channel-privileged", imex_env("0"), "A:0,1,2", "A:0,1,2", "W:0", caps=ADMIN,
+      mounts=(dm("imex/1"),), annotations=imex_cdi("nvidia.com/imex-channel=2")),
+]
+
 CORPUS: list[Row] = (DUPLICATES + ALL_VARIANTS + VOID_NONE + LOOKALIKES + MIG + PCI + INDICES
                      + CDI_ENV + CDI_ANNOTATIONS + MOUNTS + MIG_VARS + LEGACY)
+IMEX_IDS = {r.id for r in IMEX_ROWS}
 POLICIES = {"default": DEFAULT, "rewrite": REWRITE, "restrict": RESTRICT}
 
 
 def expected(token: str) -> tuple[Outcome, set[str]]:
     outcome, _, devices = token.partition(":")
     return OUTCOMES[outcome], {NAMES[d] for d in devices.split(",") if d}
+
+
+def expected_imex(token: str) -> tuple[Outcome, set[str]]:
+    outcome, _, channels = token.partition(":")
+    return OUTCOMES[outcome], {c for c in channels.split(",") if c}
 
 
 def test_corpus_is_big_and_ids_are_unique() -> None:
@@ -451,6 +530,16 @@ def test_row(row: Row) -> None:
     strict = check_invariants(doc, RESTRICT_ENFORCE)
     if strict.outcome is not Outcome.DENY:
         assert set(strict.granted) == got["restrict"][1]
+
+
+@pytest.mark.parametrize("row", IMEX_ROWS, ids=[r.id for r in IMEX_ROWS])
+def test_imex_row(row: Row) -> None:
+    doc = row.doc()
+    for (name, policy), token in zip(POLICIES.items(), row.expect, strict=True):
+        decision = check_invariants(doc, policy)
+        got = (decision.outcome, set(decision.imex))
+        assert got == expected_imex(token), (name, decision.reasons)
+    check_invariants(doc, RESTRICT_ENFORCE)
 
 
 # -- Go's JSON: folded and repeated keys ---------------------------------------------------------

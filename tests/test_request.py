@@ -12,7 +12,9 @@ from fakenvml import GPU0_UUID, GPU1_UUID, MIG_A_UUID
 from nvhook.decision.request import (
     ALL_DRIVER_CAPABILITIES,
     DEFAULT_DRIVER_CAPABILITIES,
+    ImexRead,
     Kind,
+    MalformedEnv,
     VisibleDevices,
     cdi_device_name,
     clean_path,
@@ -24,6 +26,7 @@ from nvhook.decision.request import (
     to_json,
     visible_devices,
 )
+from nvhook.nvidia.config import NvidiaConfig
 
 P = pytest.param
 NVD = "NVIDIA_VISIBLE_DEVICES"
@@ -380,17 +383,85 @@ def test_mig_management(env, config, monitor):
     assert (r.mig_config, r.mig_monitor) == (config, monitor)
 
 
-@pytest.mark.parametrize(
-    ("env", "channels"),
-    [
-        P([], (), id="unset"),
-        P(["NVIDIA_IMEX_CHANNELS=0"], ("0",), id="one channel"),
-        P(["NVIDIA_IMEX_CHANNELS= 0,1 ,,1"], ("0", "1"), id="list syntax: trim, drop, dedupe"),
-        P(["NVIDIA_IMEX_CHANNELS=all"], ("all",), id="all kept as written"),
-    ],
-)
-def test_imex_channels(env, channels):
-    assert parse(make_spec(env=env)).imex_channels == channels
+IMEX = "NVIDIA_IMEX_CHANNELS"
+NV_DEFAULT = NvidiaConfig()
+NV_MOUNTS = NvidiaConfig(path="t", accept_volume_mounts=True)
+NV_ENV_OFF = NvidiaConfig(path="t", accept_env_unprivileged=False)
+NV_IGNORE = NvidiaConfig(path="t", ignore_imex_requests=True, accept_volume_mounts=True)
+IMEX_ANN = {"cdi.k8s.io/x": "nvidia.com/imex-channel=3,nvidia.com/gpu=0"}
+
+
+def imex(value: str) -> str:
+    return f"{IMEX}={value}"
+
+
+# (container, NVIDIA's config or None for the union view, what NVIDIA reads, channels as
+# "via:id"). NVIDIA's ImexChannelRequests (cuda_image.go) and the CDI names.
+IMEX_CASES = [
+    P({}, None, ImexRead.BOTH, (), id="unset: no channel"),
+    P({"env": [imex("0")]}, None, ImexRead.BOTH, ("env:0",), id="one channel"),
+    P({"env": [imex(" 0,1 ,,1")]}, None, ImexRead.BOTH, ("env:0", "env:1"),
+      id="list syntax: trim, drop empties, dedupe"),
+    P({"env": [imex("")]}, None, ImexRead.BOTH, (), id="empty: no channel"),
+    P({"env": [imex("all")]}, None, ImexRead.BOTH, (),
+      id="all: NVIDIA attaches no channel (imexChannelsFromEnvVar)"),
+    P({"env": [imex("0,all")]}, None, ImexRead.BOTH, (), id="all next to an id: no channel"),
+    P({"env": [imex("none")]}, None, ImexRead.BOTH, (), id="none: no channel"),
+    P({"env": [imex("0,void")]}, None, ImexRead.BOTH, (), id="void anywhere: no channel"),
+    P({"env": [imex("ALL")]}, None, ImexRead.BOTH, ("env:ALL",),
+      id="ALL is an id, passed on (and refused later)"),
+    P({"env": ["CUDA_VERSION=12"]}, None, ImexRead.BOTH, (),
+      id="legacy image, unset: all, so no channel"),
+    P({"env": [imex("0"), imex("1")]}, None, ImexRead.BOTH, ("env:1",),
+      id="duplicates: the last wins"),
+    P({"env": [imex("0")]}, NV_DEFAULT, ImexRead.ENV, ("env:0",),
+      id="NVIDIA's defaults: an unprivileged env is read"),
+    P({"env": [imex("0")]}, NV_ENV_OFF, ImexRead.NONE, (),
+      id="unprivileged env not accepted: ignored"),
+    P({"env": [imex("0")], "caps": ADMIN}, NV_ENV_OFF, ImexRead.ENV, ("env:0",),
+      id="unprivileged env not accepted, but privileged: read"),
+    P({"env": [imex("0")], "mounts": [device_mount("imex/1")]}, NV_DEFAULT, ImexRead.ENV,
+      ("env:0",), id="mounts not accepted: only the env"),
+    P({"env": [imex("0")], "mounts": [device_mount("imex/1")]}, NV_MOUNTS, ImexRead.MOUNTS,
+      ("mount:1",), id="mounts accepted and present: the env is not read"),
+    P({"env": [imex("0")], "mounts": [device_mount("0")]}, NV_MOUNTS, ImexRead.ENV,
+      ("env:0",), id="mounts accepted, no imex/ mount: the env"),
+    P({"env": [imex("0")], "mounts": [device_mount("imex/1")]}, None, ImexRead.BOTH,
+      ("env:0", "mount:1"), id="union view: env and mounts"),
+    P({"env": [imex("0")], "mounts": [device_mount("imex/1")], "annotations": IMEX_ANN},
+      NV_IGNORE, ImexRead.NONE, ("annotation:3",),
+      id="ignore-imex-channel-requests: env and mounts ignored, CDI names still count"),
+    P({"annotations": IMEX_ANN}, NV_DEFAULT, ImexRead.ENV, ("annotation:3",),
+      id="a CDI imex-channel name counts in every view"),
+    P({"mounts": [mount("/dev/null", f"{ROOT}imex/4")]}, NV_MOUNTS, ImexRead.MOUNTS,
+      ("mount:4",), id="NVIDIA's prefix quirk: ...-devicesimex/4 is channel 4"),
+    P({"mounts": [device_mount("imex/4"), mount("/dev/null", f"{ROOT}/./imex//4/")]}, None,
+      ImexRead.BOTH, ("mount:4",), id="two spellings of one mount: one channel"),
+    P({"mounts": [device_mount("imex/4", source="/dev/zero")]}, NV_MOUNTS, ImexRead.ENV, (),
+      id="a forged imex mount (not /dev/null) is no request"),
+]
+
+
+IMEX_CASES += [
+    P({"env": [imex("0")], "gpu": False}, None, ImexRead.NONE, (),
+      id="no GPU request: the env's channels ride along with nothing"),
+    P({"mounts": [device_mount("imex/0")], "gpu": False}, NV_MOUNTS, ImexRead.NONE, (),
+      id="no GPU request: nor the mounts'"),
+    P({"env": [imex("0")], "annotations": {"cdi.k8s.io/x": "nvidia.com/imex-channel=3"},
+       "gpu": False}, None, ImexRead.NONE, ("annotation:3",),
+      id="no GPU request: a CDI imex-channel name still counts, and is no GPU request"),
+]
+
+
+@pytest.mark.parametrize(("container", "nvidia", "read", "channels"), IMEX_CASES)
+def test_imex_request(container, nvidia, read, channels):
+    """Every row asks for GPU 0 in the env too, unless it says gpu False."""
+    container = dict(container)
+    if container.pop("gpu", True):
+        container["env"] = [nvd(GPU0_UUID), *container.get("env", ())]
+    r = parse(make_spec(**container), nvidia=nvidia).imex
+    assert r.read is read
+    assert tuple(f"{c.via.value}:{c.id}" for c in r.channels) == channels
 
 
 # -- privilege, device nodes, malformed env --------------------------------------------------
@@ -443,7 +514,7 @@ def test_is_gpu_node(path, gpu):
 
 def test_malformed_env_entries_are_recorded_in_order():
     r = parse(make_spec(env=["A=1", "NVIDIA_VISIBLE_DEVICES", "B", "C="]))
-    assert r.malformed_env == ("NVIDIA_VISIBLE_DEVICES", "B")
+    assert r.malformed_env == (MalformedEnv(1, "NVIDIA_VISIBLE_DEVICES"), MalformedEnv(2, "B"))
 
 
 # -- asks_for_devices ---------------------------------------------------------------------
@@ -565,9 +636,10 @@ def test_to_json_reports_every_channel():
         "driver_capabilities": "all",
         "mig_config": None,
         "mig_monitor": None,
-        "imex_channels": ["0"],
+        "imex": {"read": "both", "why": "no NVIDIA config given: every channel counts",
+                 "env": "0", "channels": [{"id": "0", "via": "env"}]},
         "device_nodes": ["/dev/nvidia0"],
         "conflicting_values": ["0", GPU1_UUID],
-        "malformed_env": ["BROKEN"],
+        "malformed_env": [{"index": 3, "entry": "BROKEN"}],
         "forged_mounts": [f"/dev/zero -> {ROOT}/1"],
     }

@@ -6,6 +6,9 @@ order, or ``none``, or ``void``), device mounts to pinned UUID destinations, CDI
 annotations to their granted names. A channel is never moved to another one,
 so NVIDIA's own channel settings keep meaning what the operator set them to.
 Denying writes ``void``; deleting the variable would re-enable the legacy ``all``.
+IMEX channels are judged by ``policy.imex``/``imex-channels`` on whichever channel
+NVIDIA reads them from, and a refused one is dropped the same way (``void`` in
+``NVIDIA_IMEX_CHANNELS``). An env entry without ``=`` denies a GPU request outright.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from nvhook.decision.policy import (
     AllocationRule,
     AllRule,
     DeviceNodes,
+    Imex,
     Indices,
     MigConfig,
     Mode,
@@ -29,9 +33,15 @@ from nvhook.decision.policy import (
 from nvhook.decision.request import (
     CDI_ANNOTATION_PREFIX,
     DRIVER_CAPABILITIES,
+    IMEX_CDI_KIND,
+    IMEX_CHANNELS,
+    IMEX_MOUNT_PREFIX,
+    MAX_IMEX_CHANNEL,
     MIG_CONFIG_DEVICES,
     MIG_MONITOR_DEVICES,
     VISIBLE_DEVICES,
+    ImexChannel,
+    ImexVia,
     Kind,
     Request,
     cdi_device_name,
@@ -43,10 +53,11 @@ from nvhook.errors import AllocationError, InventoryError
 from nvhook.gpus.inventory import Device, Gpu, IdForm, Inventory, MigDevice, Resolution, Unresolved
 from nvhook.kube.allocation import Allocation, Unallocated
 from nvhook.oci.spec import DEVICE_MOUNT_ROOT, Spec
+from nvhook.safetext import one_line
 
 GPU_CDI_KIND = "nvidia.com/gpu"
-# CDI kinds of NVIDIA's that attach no GPU and so are not judged here.
-_NON_GPU_CDI_KINDS = ("nvidia.com/imex-channel",)
+# CDI kinds of NVIDIA's that attach no GPU: not judged as GPUs (IMEX has its own rules).
+_NON_GPU_CDI_KINDS = (IMEX_CDI_KIND,)
 
 
 class Outcome(StrEnum):
@@ -80,6 +91,7 @@ class Decision:
     # What was dropped without being a violation (a channel set to "ignore"): the
     # decision still says so, or an ignored request would look like a silent rewrite.
     notes: tuple[str, ...] = ()
+    imex: tuple[str, ...] = ()  # the IMEX channel ids NVIDIA's stack attaches after it
 
     @property
     def reasons(self) -> list[str]:
@@ -112,6 +124,15 @@ def decide(request: Request, inventory: Inventory | InventoryError, policy: Poli
     ``allocation``: the kubelet's, when the container is bound to one (None: not)."""
     if not request.asks_for_devices:
         return Decision(Outcome.SKIP, policy, env=spec.env)
+    if request.malformed_env:
+        # NVIDIA's hook fails on such an entry with its own error, and runc refuses it
+        # ("invalid environment variable"), so the container cannot start in any policy
+        # mode; dropping the entry would start a container runc itself would refuse.
+        bad = request.malformed_env[0]
+        failed = Violation(f'process.env[{bad.index}] "{one_line(bad.entry)}"',
+                           'an env entry without "=" (NVIDIA\'s hook and runc refuse it)',
+                           "OCI env syntax", fixable=False)
+        return Decision(Outcome.DENY, policy, violations=(failed,), env=spec.env)
     if isinstance(inventory, InventoryError):
         if needs_inventory(request) or (isinstance(allocation, Allocation) and allocation.ids):
             failed = Violation(_first_label(request), f"GPU inventory unavailable: {inventory}",
@@ -205,6 +226,7 @@ class _Judge:
         cdi_kept = self.judge_cdi()
         caps = self.judge_capabilities()
         drop_mig = self.judge_mig()
+        imex_kept = self.judge_imex()
         self.judge_device_nodes()
 
         granted = _uuids(
@@ -213,29 +235,40 @@ class _Judge:
             + [d for _, devs in cdi_kept for d in devs]
         )
         notes = tuple(self.notes)
+        imex = self.request.imex
         if self.policy.mode is Mode.AUDIT:
             return Decision(Outcome.ALLOW, self.policy, tuple(self.requested),
-                            tuple(self.violations), env=self.spec.env, notes=notes)
+                            tuple(self.violations), env=self.spec.env, notes=notes,
+                            imex=_ids(imex.channels))
         if self.violations and (
             self.policy.mode is Mode.ENFORCE or not all(v.fixable for v in self.violations)
         ):
             return Decision(Outcome.DENY, self.policy, (), tuple(self.violations),
                             env=self.spec.env, notes=notes)
 
+        refused = [c for c in imex.channels if c not in imex_kept]
         env = self.rewrite_env(env_kept, env_none, caps, drop_mig,
-                               void_fallback=self.request.env_shadowed and not mounts_kept)
+                               void_fallback=self.request.env_shadowed and not mounts_kept,
+                               imex_env=self.imex_env(imex_kept, refused))
         doc = copy.deepcopy(self.spec.doc)
         if env != self.spec.env:
             doc.setdefault("process", {})["env"] = list(env)
-        if self.request.mounts and self.request.mounts_read:
-            doc["mounts"] = self.rewrite_mounts(mounts_kept)
+        gpu_mounts = bool(self.request.mounts) and self.request.mounts_read
+        drop_imex = {c.id for c in refused if c.via is ImexVia.MOUNT}
+        if gpu_mounts or drop_imex:
+            doc["mounts"] = self.rewrite_mounts(mounts_kept, gpu_mounts, drop_imex)
         if self.request.cdi:
-            doc["annotations"] = self.rewrite_annotations(cdi_kept)
+            doc["annotations"] = self.rewrite_annotations(
+                cdi_kept, {c.id for c in refused if c.via is ImexVia.ANNOTATION})
         if doc == self.spec.doc:
             return Decision(Outcome.ALLOW, self.policy, granted, tuple(self.violations),
-                            env=self.spec.env, notes=notes)
+                            env=self.spec.env, notes=notes, imex=_ids(imex_kept))
+        if not granted and not env_none:
+            # Every GPU request was voided or dropped: NVIDIA attaches the env's and mounts'
+            # IMEX channels only alongside one, so only kept CDI names still reach the container.
+            imex_kept = [c for c in imex_kept if c.via is ImexVia.ANNOTATION]
         return Decision(Outcome.REWRITE, self.policy, granted, tuple(self.violations), doc,
-                        env=env, notes=notes)
+                        env=env, notes=notes, imex=_ids(imex_kept))
 
     # -- channels -----------------------------------------------------------
 
@@ -408,6 +441,57 @@ class _Judge:
                 drop = True
         return drop
 
+    def judge_imex(self) -> list[ImexChannel]:
+        """-> the IMEX channels that may be kept, each refused one a violation."""
+        kept = []
+        for channel in self.request.imex.channels:
+            refusal = self.imex_refusal(channel)
+            if refusal is None:
+                kept.append(channel)
+            else:
+                self.violate(channel.label, f"IMEX channel {channel.id}: {refusal[0]}",
+                             refusal[1])
+        return kept
+
+    def imex_refusal(self, channel: ImexChannel) -> tuple[str, str] | None:
+        """-> (problem, rule) when ``channel`` may not be attached, else None.
+
+        The seam for an allocation-bound IMEX grant ("as the allocation says"): a check
+        against the kubelet's allocated channels belongs here, after the policy's own.
+        """
+        rule = self.policy.imex
+        if channel.number is None:
+            return (f"not a channel number below {MAX_IMEX_CHANNEL} (libnvidia-container "
+                    "refuses it)", "IMEX channel ids")
+        if rule is Imex.NEVER:
+            return "no container may have IMEX channels", self.rule("imex", rule.value)
+        if rule is Imex.PRIVILEGED and not self.request.privileged:
+            return ("an unprivileged container may not have IMEX channels",
+                    self.rule("imex", rule.value))
+        allowed = self.policy.imex_channels
+        if allowed and channel.number not in allowed:
+            return "not on the allow list", self.rule("imex-channels")
+        return None
+
+    def imex_env(self, kept: Sequence[ImexChannel], refused: Sequence[ImexChannel]
+                 ) -> str | None:
+        """-> the NVIDIA_IMEX_CHANNELS entry a rewrite writes, or None to leave it alone.
+
+        ``void`` makes every toolkit read no channel (cuda_image.go imexChannelsFromEnvVar);
+        it is also written when refused imex/ mounts all go, since NVIDIA would then fall
+        back to the env, which nobody judged.
+        """
+        imex = self.request.imex
+        if imex.env_value is None or not refused:
+            return None
+        if imex.env_read and any(c.via is ImexVia.ENV for c in refused):
+            ids = _ids(c for c in kept if c.via is ImexVia.ENV)
+            return f"{IMEX_CHANNELS}={','.join(ids) or 'void'}"
+        mounts_left = any(c.via is ImexVia.MOUNT for c in kept)
+        if imex.mounts_read and not imex.env_read and not mounts_left:
+            return f"{IMEX_CHANNELS}=void"
+        return None
+
     def judge_device_nodes(self) -> None:
         if self.policy.device_nodes is not DeviceNodes.DENY:
             return
@@ -421,7 +505,8 @@ class _Judge:
 
     def rewrite_env(self, kept: list[tuple[str, list[Device]]], keep_none: bool,
                     caps: tuple[str, ...] | None, drop_mig: bool,
-                    void_fallback: bool = False) -> tuple[str, ...]:
+                    void_fallback: bool = False, imex_env: str | None = None
+                    ) -> tuple[str, ...]:
         env = self.request.env
         replace: dict[str, str | None] = {}
         if void_fallback:
@@ -442,20 +527,29 @@ class _Judge:
         if drop_mig:
             replace[MIG_CONFIG_DEVICES] = None
             replace[MIG_MONITOR_DEVICES] = None
+        if imex_env is not None:
+            replace[IMEX_CHANNELS] = imex_env
         return rewrite_entries(self.spec.env, replace)
 
-    def rewrite_mounts(self, kept: list[tuple[str, list[Device]]]) -> list[Any]:
-        """Drop refused device mounts; pin kept ones to one UUID mount per device.
+    def rewrite_mounts(self, kept: list[tuple[str, list[Device]]], gpu: bool = True,
+                       drop_imex: set[str] | frozenset[str] = frozenset()) -> list[Any]:
+        """Drop refused device mounts; pin kept ones to one UUID mount per device; with
+        ``gpu`` False, GPU device mounts (which NVIDIA does not read) stay as they are.
 
         Every ``/dev/null`` mount NVIDIA could read as a device request is matched
-        by its cleaned destination, so a duplicate cannot smuggle a refused id back.
+        by its cleaned destination, so a duplicate cannot smuggle a refused id back;
+        an imex/ mount goes when its channel is in ``drop_imex``, under every spelling.
         """
         by_id = dict(kept)
         out: list[Any] = []
         pinned_at: set[str] = set()
         for raw, parsed in zip(self.spec.doc.get("mounts") or [], self.spec.mounts, strict=True):
             device_id = device_mount_id(parsed)
-            if device_id is None or device_id.startswith("imex/"):
+            if device_id is not None and device_id.startswith(IMEX_MOUNT_PREFIX):
+                if device_id.removeprefix(IMEX_MOUNT_PREFIX) not in drop_imex:
+                    out.append(raw)
+                continue
+            if device_id is None or not gpu:
                 out.append(raw)
                 continue
             for device in by_id.get(device_id, []):
@@ -465,8 +559,11 @@ class _Judge:
                     out.append(dict(raw, destination=destination))
         return out
 
-    def rewrite_annotations(self, kept: list[tuple[str, list[Device]]]) -> dict[str, str]:
+    def rewrite_annotations(self, kept: list[tuple[str, list[Device]]],
+                            drop_imex: set[str] | frozenset[str] = frozenset()
+                            ) -> dict[str, str]:
         keep = {name for name, _ in kept}
+        drop = {f"{IMEX_CDI_KIND}={c}" for c in drop_imex}
         out: dict[str, str] = {}
         for key, value in self.spec.doc.get("annotations", {}).items():
             if not key.startswith(CDI_ANNOTATION_PREFIX):
@@ -475,8 +572,8 @@ class _Judge:
             # Read the value itself: request.cdi lists a name once even when several
             # annotations repeat it, and a repeat must not bring a refused name back.
             names = split_ids(value)
-            # Non-GPU names (another vendor, IMEX channels) are not ours to drop.
-            left = [n for n in names if n in keep or not _judged_cdi(n)]
+            # Non-GPU names (another vendor, allowed IMEX channels) are not ours to drop.
+            left = [n for n in names if n in keep or (not _judged_cdi(n) and n not in drop)]
             if left:
                 out[key] = value if left == names else ",".join(left)
         return out
@@ -514,6 +611,10 @@ def _is_gpu_cdi(name: str) -> bool:
 def _judged_cdi(name: str) -> bool:
     """The CDI names ``judge_cdi`` rules on: NVIDIA's, less the kinds that attach no GPU."""
     return name.startswith("nvidia.com/") and not name.startswith(_NON_GPU_CDI_KINDS)
+
+
+def _ids(channels: Iterable[ImexChannel]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(c.id for c in channels))
 
 
 def _uuids(devices: Iterable[Device]) -> tuple[str, ...]:

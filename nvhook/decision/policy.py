@@ -13,6 +13,7 @@ from enum import StrEnum
 from typing import Any
 
 from nvhook.decision.request import ALL_DRIVER_CAPABILITIES
+from nvhook.decision.request import MAX_IMEX_CHANNEL as MAX_IMEX_CHANNEL
 from nvhook.kube.identity import Identity
 
 
@@ -42,6 +43,18 @@ class Trust(StrEnum):
 class MigConfig(StrEnum):
     NEVER = "never"
     PRIVILEGED = "privileged"
+
+
+class Imex(StrEnum):
+    """Who may have IMEX channels (NVIDIA_IMEX_CHANNELS, imex/ mounts, CDI imex-channel)."""
+
+    NEVER = "never"
+    PRIVILEGED = "privileged"
+    ALWAYS = "always"
+
+
+class ChannelNumbers(tuple[int, ...]):
+    """``POLICY_KEYS`` marker: an array of IMEX channel numbers (non-negative integers)."""
 
 
 class DeviceNodes(StrEnum):
@@ -86,6 +99,8 @@ class Policy:
     deny: tuple[str, ...] = ()
     driver_capabilities: tuple[str, ...] = ALL_DRIVER_CAPABILITIES
     mig_config: MigConfig = MigConfig.PRIVILEGED
+    imex: Imex = Imex.PRIVILEGED
+    imex_channels: tuple[int, ...] = ()  # empty: any channel (that ``imex`` allows)
     device_nodes: DeviceNodes = DeviceNodes.ACCEPT
     leases: LeasePolicy = LeasePolicy()
     allocation: AllocationRule = AllocationRule.BOUND
@@ -147,6 +162,8 @@ POLICY_KEYS: dict[str, type | tuple[str, ...]] = {
     "deny": tuple,
     "driver-capabilities": ALL_DRIVER_CAPABILITIES,
     "mig-config": MigConfig,
+    "imex": Imex,
+    "imex-channels": ChannelNumbers,
     "device-nodes": DeviceNodes,
     "allocation": AllocationRule,
 }

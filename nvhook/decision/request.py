@@ -7,11 +7,13 @@ then the first ``all``/``none`` in list order decides. Case matters: ``ALL`` is 
 device id here (nvidia-container-cli later resolves it case-insensitively, which
 ``inventory.resolve`` reproduces). Things NVIDIA ignores but a policy must see
 (disagreeing duplicates, ``/dev/nvidia*`` device nodes, env entries without
-``=``) are recorded too.
+``=``) are recorded too. IMEX channels are read as NVIDIA's ``ImexChannelRequests``
+reads them (``imex_request``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import posixpath
 import re
 from collections.abc import Iterable, Sequence
@@ -39,6 +41,14 @@ _CDI_NAME = re.compile(
     r"^(?P<kind>[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*)=(?P<name>.+)$"
 )
 _GPU_NODE = re.compile(r"^/dev/nvidia\d+$")
+
+
+IMEX_MOUNT_PREFIX = "imex/"  # NVIDIA's volumeMountDevicePrefixImex
+IMEX_CDI_KIND = "nvidia.com/imex-channel"
+# libnvidia-container's parse_imex_info refuses a channel id from 1 << 20 on.
+MAX_IMEX_CHANNEL = 1 << 20
+# NVIDIA_IMEX_CHANNELS items that make NVIDIA's stack attach no channel at all.
+_IMEX_SPECIAL = frozenset(("all", "none", "void"))
 
 
 class Channel(StrEnum):
@@ -126,6 +136,80 @@ class CdiRequest:
     name: str
 
 
+class ImexRead(StrEnum):
+    """Which of the env and the IMEX volume mounts NVIDIA reads for IMEX channels."""
+
+    MOUNTS = "mounts"  # accept-...-as-volume-mounts and at least one imex/ mount
+    ENV = "env"  # privileged, or accept-...-envvar-when-unprivileged
+    BOTH = "both"  # no NVIDIA config given: every channel counts
+    NONE = "none"  # ignore-imex-channel-requests, or an unprivileged env NVIDIA ignores
+
+
+class ImexVia(StrEnum):
+    ENV = "env"
+    MOUNT = "mount"
+    ANNOTATION = "annotation"
+
+
+@dataclass(frozen=True)
+class ImexChannel:
+    """One IMEX channel NVIDIA's stack would attach, and what asked for it."""
+
+    id: str  # as written; libnvidia-container parses it as a decimal number
+    via: ImexVia
+    label: str  # how a reason names the request: the variable, mount or annotation
+    mount: Mount | None = None
+    annotation: str | None = None
+
+    @property
+    def number(self) -> int | None:
+        """The channel number, or None when ``id`` is no decimal number below
+        ``MAX_IMEX_CHANNEL`` (the length test first: ``int`` refuses 4301 digits)."""
+        if not (self.id.isascii() and self.id.isdigit()) or len(self.id.lstrip("0")) > 7:
+            return None
+        number = int(self.id)
+        return number if number < MAX_IMEX_CHANNEL else None
+
+
+@dataclass(frozen=True)
+class ImexRequest:
+    """The IMEX channels of a container, as NVIDIA's ``ImexChannelRequests`` reads them
+    (internal/config/image/cuda_image.go) plus the ``nvidia.com/imex-channel`` CDI names,
+    which the engine (or NVIDIA's runtime in CDI mode) applies whatever the config says."""
+
+    read: ImexRead
+    why: str
+    env_value: str | None  # the raw NVIDIA_IMEX_CHANNELS value; None when unset
+    env: tuple[ImexChannel, ...] = ()
+    mounts: tuple[ImexChannel, ...] = ()
+    annotations: tuple[ImexChannel, ...] = ()
+
+    @property
+    def env_read(self) -> bool:
+        return self.read in (ImexRead.ENV, ImexRead.BOTH)
+
+    @property
+    def mounts_read(self) -> bool:
+        return self.read in (ImexRead.MOUNTS, ImexRead.BOTH)
+
+    @property
+    def channels(self) -> tuple[ImexChannel, ...]:
+        """Every channel NVIDIA's stack would attach, in env, mount, annotation order."""
+        return ((self.env if self.env_read else ()) + (self.mounts if self.mounts_read else ())
+                + self.annotations)
+
+
+NO_IMEX = ImexRequest(ImexRead.NONE, "no IMEX request", None)
+
+
+@dataclass(frozen=True)
+class MalformedEnv:
+    """A ``process.env`` entry without ``=``: NVIDIA's hook fails on it, runc refuses it."""
+
+    index: int
+    entry: str
+
+
 @dataclass(frozen=True)
 class Request:
     env: EnvChannel
@@ -136,9 +220,8 @@ class Request:
     driver_capabilities: str | None  # raw value; None when unset
     mig_config: str | None
     mig_monitor: str | None
-    imex_channels: tuple[str, ...]
     device_nodes: tuple[str, ...]  # /dev/nvidia* in linux.devices
-    malformed_env: tuple[str, ...]  # entries without "=", which make NVIDIA's hook fail
+    malformed_env: tuple[MalformedEnv, ...]  # entries without "=": NVIDIA's hook fails
     # Mounts that look like device requests but that NVIDIA's hook ignores
     # (a source other than /dev/null): recorded, never granted.
     forged_mounts: tuple[Mount, ...] = field(default=())
@@ -147,6 +230,7 @@ class Request:
     nvidia: NvidiaView = field(default_factory=lambda: NvidiaView(Channel.ENV, "default"))
     # Whether NVIDIA reads the device mounts (True in the union view).
     mounts_read: bool = True
+    imex: ImexRequest = NO_IMEX
 
     @property
     def nvidia_cdi(self) -> tuple[CdiRequest, ...]:
@@ -155,12 +239,18 @@ class Request:
     @property
     def asks_for_devices(self) -> bool:
         """True when any channel would make NVIDIA's stack attach something."""
+        return self.asks_for_gpu or bool(self.nvidia_cdi)
+
+    @property
+    def asks_for_gpu(self) -> bool:
+        """``asks_for_devices`` less the IMEX CDI names: the GPU request that NVIDIA's
+        IMEX env and mount channels ride along with (no GPU request, no IMEX from them)."""
         return (
             (self.env_read and (
                 self.env.devices.kind in (Kind.NONE, Kind.ALL, Kind.DEVICES)
                 or self.env.mixed_void))
             or (self.mounts_read and bool(self.mounts))
-            or bool(self.nvidia_cdi)
+            or any(not c.name.startswith(IMEX_CDI_KIND + "=") for c in self.nvidia_cdi)
             or any(_GPU_NODE.match(p) for p in self.device_nodes)
         )
 
@@ -245,22 +335,84 @@ def parse(spec: Spec, swarm_resource: Sequence[str] = (),
     mounts = tuple(_device_mounts(spec.mounts))
     view = (NvidiaView(Channel.ENV, "no NVIDIA config given: every channel counts")
             if nvidia is None else nvidia_channel(nvidia, bool(mounts), privileged))
-    return Request(
+    cdi = tuple(_cdi_annotations(spec.annotations))
+    request = Request(
         env=env_channel,
         mounts=mounts,
         nvidia=view,
         mounts_read=nvidia is None or view.channel is Channel.MOUNTS,
-        cdi=tuple(_cdi_annotations(spec.annotations)),
+        cdi=cdi,
         privileged=privileged,
         legacy_image=legacy,
         driver_capabilities=env.get(DRIVER_CAPABILITIES),
         mig_config=env.get(MIG_CONFIG_DEVICES) or None,
         mig_monitor=env.get(MIG_MONITOR_DEVICES) or None,
-        imex_channels=tuple(split_ids(env.get(IMEX_CHANNELS, ""))),
         device_nodes=tuple(p for p in spec.device_paths if p.startswith("/dev/nvidia")),
-        malformed_env=tuple(e for e in spec.env if "=" not in e),
+        malformed_env=tuple(MalformedEnv(i, e) for i, e in enumerate(spec.env) if "=" not in e),
         forged_mounts=tuple(_forged_mounts(spec.mounts)),
     )
+    imex = imex_request(env.get(IMEX_CHANNELS), spec.mounts, cdi, privileged, nvidia,
+                        request.asks_for_gpu)
+    return dataclasses.replace(request, imex=imex)
+
+
+def imex_request(value: str | None, mounts: Sequence[Mount], cdi: Sequence[CdiRequest],
+                 privileged: bool, nvidia: NvidiaConfig | None,
+                 gpu: bool = True) -> ImexRequest:
+    """NVIDIA's ``ImexChannelRequests``: nothing under ``ignore-imex-channel-requests``;
+    else the imex/ volume mounts when accepted and any exists (then the env is not read);
+    else ``NVIDIA_IMEX_CHANNELS`` when privileged or unprivileged env is accepted. NVIDIA
+    attaches those only alongside a GPU request (``gpu``: its legacy hook's getNvidiaConfig
+    and its CDI modifier both stop at "no devices"); the CDI names count on their own.
+    ``nvidia`` None: every channel counts."""
+    env = tuple(ImexChannel(c, ImexVia.ENV, f"{IMEX_CHANNELS}={value}")
+                for c in imex_env_ids(value))
+    by_mount = tuple(_imex_mounts(mounts))
+    annotations = tuple(ImexChannel(c.name.partition("=")[2], ImexVia.ANNOTATION,
+                                    f"annotation {c.annotation}={c.name}", annotation=c.annotation)
+                        for c in cdi if c.name.startswith(IMEX_CDI_KIND + "="))
+    if not gpu:
+        read, why = ImexRead.NONE, ("no GPU request: NVIDIA attaches the env's and mounts' "
+                                    "IMEX channels only alongside one")
+    elif nvidia is None:
+        read, why = ImexRead.BOTH, "no NVIDIA config given: every channel counts"
+    elif nvidia.ignore_imex_requests:
+        read, why = ImexRead.NONE, (f"{nvidia.path or 'NVIDIA defaults'}: features.ignore-imex-"
+                                    "channel-requests = true: neither the env nor mounts are read")
+    elif nvidia.accept_volume_mounts and by_mount:
+        read, why = ImexRead.MOUNTS, ("accept-nvidia-visible-devices-as-volume-mounts = true and "
+                                      "the container has imex/ mounts; the env is not read")
+    elif privileged or nvidia.accept_env_unprivileged:
+        read, why = ImexRead.ENV, ("the container is privileged" if privileged else
+                                   "accept-nvidia-visible-devices-envvar-when-unprivileged = "
+                                   "true") + f", so {IMEX_CHANNELS} is read"
+    else:
+        read, why = ImexRead.NONE, (f"the container is unprivileged and unprivileged env is not "
+                                    f"accepted: {IMEX_CHANNELS} is ignored")
+    return ImexRequest(read, why, value, env, by_mount, annotations)
+
+
+def imex_env_ids(value: str | None) -> tuple[str, ...]:
+    """NVIDIA's imexChannelsFromEnvVar: the list syntax of NVIDIA_VISIBLE_DEVICES, but any
+    ``all``, ``none`` or ``void`` item (and an unset, empty or legacy-image variable) yields
+    no channel at all; explicit ids are passed on as written."""
+    ids = split_ids(value or "")
+    return () if _IMEX_SPECIAL.intersection(ids) else tuple(ids)
+
+
+def _imex_mounts(mounts: Sequence[Mount]) -> Iterable[ImexChannel]:
+    """NVIDIA's imexChannelsFromMounts: ``/dev/null`` binds whose device id (prefix quirk
+    included, see ``device_mount_id``) starts with ``imex/``; the rest is the channel."""
+    seen: set[str] = set()
+    for m in mounts:
+        device = device_mount_id(m)
+        if device is None or not device.startswith(IMEX_MOUNT_PREFIX):
+            continue
+        channel = device.removeprefix(IMEX_MOUNT_PREFIX)
+        if channel not in seen:
+            seen.add(channel)
+            yield ImexChannel(channel, ImexVia.MOUNT, f"mount {m.source} -> {m.destination}",
+                              mount=m)
 
 
 def nvidia_channel(nvidia: NvidiaConfig, has_device_mounts: bool,
@@ -322,7 +474,7 @@ def _device_mounts(mounts: Sequence[Mount]) -> Iterable[MountRequest]:
     for m in mounts:
         device = device_mount_id(m)
         # imex/ mounts name IMEX channels, not devices; NVIDIA skips them here too.
-        if device is None or device.startswith("imex/") or device in seen:
+        if device is None or device.startswith(IMEX_MOUNT_PREFIX) or device in seen:
             continue
         seen.add(device)
         yield MountRequest(device, m)
@@ -381,9 +533,19 @@ def to_json(r: Request) -> dict[str, object]:
         "driver_capabilities": r.driver_capabilities,
         "mig_config": r.mig_config,
         "mig_monitor": r.mig_monitor,
-        "imex_channels": list(r.imex_channels),
+        "imex": imex_json(r.imex),
         "device_nodes": list(r.device_nodes),
         "conflicting_values": list(r.env.conflicting_values),
-        "malformed_env": list(r.malformed_env),
+        "malformed_env": [{"index": m.index, "entry": m.entry} for m in r.malformed_env],
         "forged_mounts": [f"{m.source} -> {m.destination}" for m in r.forged_mounts],
+    }
+
+
+def imex_json(imex: ImexRequest) -> dict[str, object]:
+    """The IMEX request: what NVIDIA reads, why, and the channels it would attach."""
+    return {
+        "read": imex.read.value,
+        "why": imex.why,
+        "env": imex.env_value,
+        "channels": [{"id": c.id, "via": c.via.value} for c in imex.channels],
     }

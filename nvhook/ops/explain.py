@@ -8,7 +8,7 @@ from typing import Any
 from nvhook.config import Config
 from nvhook.decision.decide import Outcome
 from nvhook.decision.evaluate import Evaluation, evaluate
-from nvhook.decision.request import env_map, to_json
+from nvhook.decision.request import Request, env_map, to_json
 from nvhook.errors import AllocationError, InventoryError
 from nvhook.kube import identity as identity_mod
 from nvhook.kube.allocation import matches, strip_replica
@@ -31,6 +31,7 @@ def as_json(e: Evaluation, leases: LeaseStep | None = None) -> dict[str, Any]:
         "nvidia": {"channel": e.request.nvidia.channel.value, "why": e.request.nvidia.why,
                    "config": e.request.nvidia.config.as_json()},
         "granted": list(d.granted),
+        "imex_granted": list(d.imex),
         "reasons": d.reasons,
         "env": nvidia_env(d.env),
         # A denied container never starts: the env above is never seen by anything.
@@ -76,6 +77,7 @@ def as_text(e: Evaluation, leases: LeaseStep | None = None) -> str:
          if r.env.value is not None or r.env.legacy_implicit_all else "-"),
         ("mounts", ", ".join(m.id for m in r.mounts) or "-"),
         ("cdi", ", ".join(c.name for c in r.cdi) or "-"),
+        ("imex", imex_text(r)),
     ]
     if isinstance(e.inventory, InventoryError):
         rows.append(("inventory", f"unavailable: {e.inventory}"))
@@ -91,6 +93,8 @@ def as_text(e: Evaluation, leases: LeaseStep | None = None) -> str:
     rows.append(("decision", d.outcome.value + (f" (rule {d.policy.rule})" if d.policy.rule
                                                  else "")))
     rows.append(("granted", ", ".join(d.granted) or "-"))
+    if r.imex.channels or r.imex.env_value is not None:
+        rows.append(("imex granted", ", ".join(d.imex) or "-"))
     rows += [("reason", reason) for reason in d.reasons]
     rows += lease_rows(e, leases)
     if d.outcome is Outcome.DENY:
@@ -101,6 +105,15 @@ def as_text(e: Evaluation, leases: LeaseStep | None = None) -> str:
     width = max(len(k) for k, _ in rows)
     # Values quote the container's env and ids: one row stays one line on the terminal.
     return "\n".join(f"{k.ljust(width)}  {one_line(v)}" for k, v in rows)
+
+
+def imex_text(r: Request) -> str:
+    """The IMEX row: the channels NVIDIA's stack would attach, and which channel it reads."""
+    imex = r.imex
+    if not imex.channels and imex.env_value is None and not imex.mounts:
+        return "-"
+    asked = ", ".join(f"{c.id} ({c.via.value})" for c in imex.channels) or "no channel"
+    return f"{asked}; reads {imex.read.value}: {imex.why}"
 
 
 def _yes(flag: bool) -> str:
