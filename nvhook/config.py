@@ -226,7 +226,8 @@ class _Reader:
 
     def kubernetes(self, doc: dict[str, Any]) -> KubeSettings:
         self.only(doc, "kubernetes", {"allocation", "socket", "checkpoint", "sources",
-                                      "resources", "timeout", "unallocated"})
+                                      "resources", "timeout", "unallocated",
+                                      "cdi-spec-dirs"})
         d = KubeSettings()
         paths = {}
         for key in ("socket", "checkpoint"):
@@ -249,7 +250,13 @@ class _Reader:
             0 < timeout <= 60
         ):
             raise self.fail("kubernetes.timeout", f"expected seconds in (0, 60], got {timeout!r}")
+        cdi_dirs = self.strings(doc.get("cdi-spec-dirs", [str(p) for p in d.cdi_spec_dirs]),
+                                "kubernetes.cdi-spec-dirs")
+        if not all(os.path.isabs(p) for p in cdi_dirs):
+            raise self.fail("kubernetes.cdi-spec-dirs",
+                            f"expected absolute paths, got {cdi_dirs!r}")
         return KubeSettings(
+            cdi_spec_dirs=tuple(Path(p) for p in cdi_dirs),
             allocation=self.choice(doc.get("allocation", d.allocation.value),
                                    "kubernetes.allocation", Binding),
             socket=paths["socket"], checkpoint=paths["checkpoint"],

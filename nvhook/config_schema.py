@@ -185,6 +185,9 @@ KEYS: tuple[Key, ...] = (
     Key("kubernetes", "unallocated", "string", K.unallocated.value,
         "a container with no allocation that asks for GPUs: void (runs without GPUs, audited) "
         "or deny", _values(Unallocated)),
+    Key("kubernetes", "cdi-spec-dirs", "array of strings", [str(d) for d in K.cdi_spec_dirs],
+        "DRA: the CDI spec directories a claim's CDI names are resolved in, later ones "
+        "taking precedence; a name in none is a denial"),
 )
 
 

@@ -33,7 +33,8 @@ from nvhook.kube.pb import podresources_pb2 as pb
 class Ctr:
     name: str
     devices: dict[str, list[str]] = field(default_factory=dict)  # resource -> ids
-    cdi_devices: list[str] = field(default_factory=list)
+    cdi_devices: list[str] = field(default_factory=list)  # one DRA claim named "claim"
+    claims: dict[str, list[str]] = field(default_factory=dict)  # DRA claim -> its CDI names
 
 
 @dataclass
@@ -126,9 +127,14 @@ class TestKubelet:
                 name=c.name,
                 devices=[pb.ContainerDevices(resource_name=r, device_ids=ids)
                          for r, ids in c.devices.items()],
-                dynamic_resources=[pb.DynamicResource(claim_name="claim", claim_resources=[
-                    pb.ClaimResource(cdi_devices=[pb.CDIDevice(name=n) for n in c.cdi_devices])
-                ])] if c.cdi_devices else [])
+                dynamic_resources=[
+                    pb.DynamicResource(claim_name=claim, claim_namespace=pod.namespace,
+                                       claim_resources=[pb.ClaimResource(
+                                           cdi_devices=[pb.CDIDevice(name=n) for n in names],
+                                           driver_name="gpu.nvidia.com", pool_name="node",
+                                           device_name=f"gpu-{i}")])
+                    for i, (claim, names) in enumerate(
+                        (({"claim": c.cdi_devices} if c.cdi_devices else {}) | c.claims).items())])
             for c in pod.containers])
 
     def _get(self, request: pb.GetPodResourcesRequest,

@@ -13,7 +13,7 @@ import fakenvml
 import pytest
 from conftest import Node, runc_state, write_bundle
 
-HEAVY = ("typer", "click", "jsonschema", "pynvml", "tomlkit", "rich", "grpc", "google")
+HEAVY = ("typer", "click", "jsonschema", "pynvml", "tomlkit", "rich", "grpc", "google", "yaml")
 
 # Runs nvhook's entry point in-process and reports which heavy modules it imported.
 PROBE = f"""

@@ -349,6 +349,8 @@ def test_rate_limit_past_timeout_fails_closed(kube: KubeNode) -> None:
     P('resources = []', "kubernetes.resources", id="resources"),
     P('timeout = 0', "kubernetes.timeout", id="timeout"),
     P('unallocated = "maybe"', "kubernetes.unallocated", id="unallocated"),
+    P('cdi-spec-dirs = ["etc/cdi"]', "kubernetes.cdi-spec-dirs", id="cdi-spec-dirs relative"),
+    P('cdi-spec-dirs = "/etc/cdi"', "kubernetes.cdi-spec-dirs", id="cdi-spec-dirs a string"),
     P('colour = 1', "kubernetes.colour", id="unknown key"),
 ])
 def test_config_errors_name_the_key(tmp_path: Path, text: str, key: str) -> None:

@@ -205,6 +205,12 @@ class _Judge:
                              "kubernetes allocation, fail closed", fixable=False)
         self.allocated = frozenset(d.uuid.lower() for d in devices)
         self.allocation_text = ",".join(d.uuid for d in devices) or "none"
+        # DRA: a CDI name of the kind the container's claims use, but not one of its own.
+        # Not fixable: the runtime applied CDI names before any hook, so only a denial helps.
+        for c in self.request.cdi:
+            for name, why in allocation.foreign_cdi((c.name,)):
+                self.violate(f"annotation {c.annotation}={name}", why,
+                             "kubernetes allocation (DRA)", fixable=False)
         if not devices:
             if unallocated is Unallocated.DENY:
                 return Violation(label, f"the kubelet allocated no GPU to {who}",

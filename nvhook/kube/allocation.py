@@ -13,11 +13,14 @@ import fnmatch
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nvhook.errors import AllocationError
-from nvhook.kube import checkpoint
+from nvhook.kube import cdi, checkpoint
 from nvhook.kube.identity import Identity
+
+if TYPE_CHECKING:  # podresources imports grpc: the GPU path only
+    from nvhook.kube.podresources import Claim
 
 PODRESOURCES = "podresources"
 CHECKPOINT = "checkpoint"
@@ -44,6 +47,15 @@ class KubeSettings:
     resources: tuple[str, ...] = ("nvidia.com/gpu", "nvidia.com/gpu.shared", "nvidia.com/mig-*")
     timeout: float = 2.0
     unallocated: Unallocated = Unallocated.VOID
+    cdi_spec_dirs: tuple[Path, ...] = cdi.SPEC_DIRS
+
+
+@dataclass(frozen=True)
+class DraDevice:
+    """A CDI name of one of the container's DRA claims, resolved through the CDI specs."""
+
+    claim: str  # namespace/name
+    resolved: cdi.Resolved
 
 
 @dataclass(frozen=True)
@@ -54,17 +66,34 @@ class Allocation:
     identity: Identity
     # (resource name, device id without its replica suffix), in the kubelet's order.
     devices: tuple[tuple[str, str], ...] = ()
-    cdi_devices: tuple[str, ...] = ()
+    # DRA: the CDI names of the container's claims, with their char device numbers.
+    dra: tuple[DraDevice, ...] = ()
     notes: tuple[str, ...] = field(default=(), compare=False)
 
     @property
     def ids(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(i for _, i in self.devices))
 
+    @property
+    def cdi_devices(self) -> tuple[str, ...]:
+        return tuple(d.resolved.name for d in self.dra)
+
+    def foreign_cdi(self, names: tuple[str, ...]) -> list[tuple[str, str]]:
+        """Requested CDI names of a kind this container's claims use that are not its own:
+        another claim's devices -> (name, why)."""
+        kinds = {n.partition("=")[0] for n in self.cdi_devices}
+        mine = set(self.cdi_devices)
+        return [(n, f"CDI device {n} belongs to another DRA claim (this container's claims: "
+                 f"{', '.join(sorted({d.claim for d in self.dra}))})")
+                for n in names if n not in mine and n.partition("=")[0] in kinds]
+
     def as_json(self) -> dict[str, Any]:
-        return {"source": self.source, "identity": self.identity.as_json(),
-                "devices": [{"resource": r, "id": i} for r, i in self.devices],
-                "cdi_devices": list(self.cdi_devices)}
+        out: dict[str, Any] = {"source": self.source, "identity": self.identity.as_json(),
+                               "devices": [{"resource": r, "id": i} for r, i in self.devices],
+                               "cdi_devices": list(self.cdi_devices)}
+        if self.dra:
+            out["dra"] = [{"claim": d.claim, **cdi.as_json(d.resolved)} for d in self.dra]
+        return out
 
 
 def strip_replica(device_id: str) -> str:
@@ -140,9 +169,27 @@ def _from_podresources(settings: KubeSettings, identity: Identity) -> Allocation
             return Allocation(PODRESOURCES, identity, tuple(
                 (d.resource, strip_replica(i)) for d in c.devices
                 if matches(d.resource, settings.resources) for i in d.device_ids),
-                c.cdi_devices)
+                dra_devices(settings, c.claims))
     # List leaves classic init containers out: the checkpoint has them.
     return None
+
+
+def dra_devices(settings: KubeSettings, claims: tuple[Claim, ...]
+                ) -> tuple[DraDevice, ...]:
+    """The claims' CDI names resolved through the CDI specs. Raises ``AllocationError``
+    for a name no readable spec defines: the container then fails closed."""
+    if not claims:
+        return ()
+    registry = cdi.load(settings.cdi_spec_dirs)
+    out = []
+    for claim in claims:
+        who = f"{claim.namespace}/{claim.name}"
+        for name in claim.cdi_devices:
+            try:
+                out.append(DraDevice(who, registry.resolve(name)))
+            except AllocationError as e:
+                raise AllocationError(f"DRA claim {who}: {e}") from None
+    return tuple(out)
 
 
 def _from_checkpoint(settings: KubeSettings, identity: Identity) -> Allocation | None:

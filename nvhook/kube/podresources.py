@@ -33,10 +33,23 @@ class Devices:
 
 
 @dataclass(frozen=True)
+class Claim:
+    """A DRA claim of the container: its CDI device names (``dynamic_resources``)."""
+
+    namespace: str
+    name: str
+    cdi_devices: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Container:
     name: str
     devices: tuple[Devices, ...]
-    cdi_devices: tuple[str, ...]  # DRA: CDI names of the container's claims
+    claims: tuple[Claim, ...] = ()
+
+    @property
+    def cdi_devices(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(n for c in self.claims for n in c.cdi_devices))
 
 
 class Method(StrEnum):
@@ -79,9 +92,14 @@ def _pod(msg: pb.PodResources, socket: Path, via: Method = Method.LIST) -> Pod:
                                       + ("an empty device id" if d.device_ids
                                          else "no device id") + " (malformed answer)")
             devices.append(Devices(d.resource_name, tuple(d.device_ids)))
-        containers.append(Container(c.name, tuple(devices), tuple(
-            cdi.name for r in c.dynamic_resources for cr in r.claim_resources
-            for cdi in cr.cdi_devices)))
+        claims = []
+        for r in c.dynamic_resources:
+            names = tuple(cdi.name for cr in r.claim_resources for cdi in cr.cdi_devices)
+            if not r.claim_name or not all(names):
+                raise AllocationError(f"{at}: container {c.name!r}: a DRA claim without "
+                                      "a name or with an empty CDI name (malformed answer)")
+            claims.append(Claim(r.claim_namespace or msg.namespace, r.claim_name, names))
+        containers.append(Container(c.name, tuple(devices), tuple(claims)))
     return Pod(msg.namespace, msg.name, tuple(containers), via)
 
 
