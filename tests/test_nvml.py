@@ -80,3 +80,49 @@ def test_hung_driver_is_bounded_by_the_timeout(fake_nvml: Path, fail: str) -> No
     # read_inventory (60 s) is only a safety net and is never what ends it.
     out = read_inventory(fake_nvml, timeout=0.5, fail=fail)
     assert out["error"] == "NVML did not answer within 0.5s (driver hung?)"
+
+
+# What pynvml's import leaves behind, in a fresh interpreter (pytest has ctypes.util loaded).
+IMPORT_PROBE = """
+import json, sys
+{before}
+from nvhook.gpus import nvml
+inventory = nvml.read(5.0)
+pynvml = sys.modules["pynvml"]
+loaded_after_read = "ctypes.util" in sys.modules
+import ctypes.util
+print(json.dumps({{
+    "gpus": len(inventory.gpus),
+    "loaded_after_read": loaded_after_read,
+    "real_module": ctypes.util.__file__.endswith("util.py"),
+    "same_answer": pynvml.find_library("c") == ctypes.util.find_library("c"),
+}}))
+"""
+# A pynvml that takes more from ctypes.util than find_library, or calls it at import.
+GREEDY_PYNVML = "from ctypes.util import find_library, test\nfrom pynvml_real import *\n"
+CALLING_PYNVML = ("from ctypes.util import find_library\nfind_library('c')\n"
+                  "from pynvml_real import *\n")
+
+
+@pytest.mark.parametrize(("before", "fake_pynvml", "loaded_after_read"), [
+    pytest.param("", None, False, id="ctypes.util not loaded: pynvml imported without it"),
+    pytest.param("import ctypes.util", None, True, id="ctypes.util already loaded: plain import"),
+    pytest.param("", GREEDY_PYNVML, True, id="a pynvml wanting more of ctypes.util: plain import"),
+    pytest.param("", CALLING_PYNVML, True,
+                 id="a pynvml calling find_library at import: plain import"),
+])
+def test_pynvml_imported_without_ctypes_util_leaves_no_stand_in(
+        fake_nvml: Path, tmp_path: Path, before: str, fake_pynvml: str | None,
+        loaded_after_read: bool) -> None:
+    env = fakenvml.env_for(fake_nvml)
+    if fake_pynvml is not None:
+        import pynvml
+
+        (tmp_path / "pynvml.py").write_text(fake_pynvml)
+        (tmp_path / "pynvml_real.py").write_text(Path(pynvml.__file__).read_text())
+        env["PYTHONPATH"] = str(tmp_path)
+    proc = subprocess.run([sys.executable, "-c", IMPORT_PROBE.format(before=before)],
+                          capture_output=True, text=True, env=env, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == {"gpus": 2, "loaded_after_read": loaded_after_read,
+                                       "real_module": True, "same_answer": True}

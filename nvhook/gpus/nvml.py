@@ -9,7 +9,9 @@ exits or execs right after, which ends it.
 
 from __future__ import annotations
 
+import sys
 import threading
+import types
 from typing import Any
 
 from nvhook.errors import InventoryError
@@ -35,10 +37,50 @@ def read(timeout: float) -> Inventory:
     return box["inventory"]
 
 
+def import_pynvml() -> types.ModuleType:
+    """pynvml, imported without loading ``ctypes.util`` when that module is not loaded yet.
+
+    pynvml runs ``from ctypes.util import find_library`` at import time and never calls it
+    (it loads libnvidia-ml.so.1 by name), and ctypes.util imports subprocess, tempfile,
+    shutil and random: about a third of pynvml's import on the GPU path. While pynvml is
+    imported, a stand-in module offers a ``find_library`` that calls the real one; right
+    after, the stand-in leaves sys.modules, so anything importing ctypes.util later gets
+    the real module. A pynvml that takes more from ctypes.util is imported plainly.
+    """
+    if "pynvml" in sys.modules or "ctypes.util" in sys.modules:
+        import pynvml
+
+        return pynvml
+    stand_in = types.ModuleType("ctypes.util", "nvhook's stand-in while pynvml is imported")
+    stand_in.find_library = find_library  # type: ignore[attr-defined]
+    sys.modules["ctypes.util"] = stand_in
+    try:
+        import pynvml
+    except ImportError:
+        sys.modules.pop("pynvml", None)  # half-imported: import it again below, plainly
+    else:
+        return pynvml
+    finally:
+        if sys.modules.get("ctypes.util") is stand_in:
+            del sys.modules["ctypes.util"]
+    import pynvml
+
+    return pynvml
+
+
+def find_library(name: str) -> str | None:
+    """ctypes.util.find_library, loaded on the first call (see ``import_pynvml``)."""
+    from ctypes.util import find_library as real
+
+    if real is find_library:  # called during pynvml's import: import_pynvml retries plainly
+        raise ImportError("ctypes.util is nvhook's stand-in while pynvml is imported")
+    return real(name)
+
+
 def _as_inventory_error(e: BaseException) -> InventoryError:
     if isinstance(e, InventoryError):
         return e
-    import pynvml
+    pynvml = import_pynvml()
 
     if isinstance(e, pynvml.NVMLError_LibraryNotFound):
         return InventoryError("NVML unavailable: cannot load libnvidia-ml.so.1 (no NVIDIA driver?)")
@@ -50,7 +92,7 @@ def _as_inventory_error(e: BaseException) -> InventoryError:
 
 
 def _query() -> Inventory:
-    import pynvml
+    pynvml = import_pynvml()
 
     pynvml.nvmlInit()
     try:
