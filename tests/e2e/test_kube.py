@@ -36,6 +36,17 @@ allocation = "exempt"
 """
 
 
+DRA_KIND = "k8s.gpu.nvidia.com/claim"
+DRA_OWN, DRA_OTHER = f"{DRA_KIND}=c1-gpu-0", f"{DRA_KIND}=c2-gpu-1"
+
+
+def dra_spec(claim: str, minor: int) -> dict[str, object]:
+    """A per-claim CDI spec as NVIDIA's DRA driver writes it to /var/run/cdi."""
+    return {"cdiVersion": "0.6.0", "kind": DRA_KIND, "devices": [{
+        "name": f"{claim}-gpu-{minor}", "containerEdits": {"deviceNodes": [
+            {"path": f"/dev/nvidia{minor}", "type": "c", "major": 195, "minor": minor}]}}]}
+
+
 @dataclass(frozen=True)
 class Case:
     env: str
@@ -84,6 +95,12 @@ CASES = [
     P(Case(f"{VISIBLE}=all", cd("validator", "gpu-operator", UID_B), True,
            f"{GPU0},{GPU1},{MIG_A},{fakenvml.MIG_B_UUID}", policy=MGMT_RULE),
       id="management-namespace rule admits all"),
+    P(Case(f"{VISIBLE}=none", {**cd("dra", "ml", UID_B), "cdi.k8s.io/claim": DRA_OWN}, True,
+           "none"), id="DRA: its own claim's CDI name"),
+    P(Case(f"{VISIBLE}=none", {**cd("dra", "ml", UID_B), "cdi.k8s.io/claim": DRA_OTHER},
+           False, denial="belongs to another DRA claim"), id="DRA: another claim's CDI name"),
+    P(Case(f"{VISIBLE}={GPU0}", cd("dra-gone", "ml", UID_B), False,
+           denial="is in no readable CDI spec"), id="DRA: a claim without its CDI spec"),
 ]
 
 
@@ -97,12 +114,19 @@ def kubelet(tmp_path: Path) -> Iterator[TestKubelet]:
               Ctr("main", {"nvidia.com/gpu.shared": [f"{GPU0}::0", f"{GPU0}::2"]}))
         k.add("team-b", "mig", UID_B, Ctr("main", {"nvidia.com/mig-1g.10gb": [MIG_A]}))
         k.add("gpu-operator", "validator", UID_B, Ctr("main"))
+        k.add("ml", "dra", UID_B, Ctr("main", claims={"gpu": [DRA_OWN]}))
+        k.add("ml", "dra-gone", UID_B, Ctr("main", claims={"gpu": [f"{DRA_KIND}=c9-gpu-0"]}))
         yield k
 
 
 def node_config(tmp_path: Path, recorder: Recorder, kubelet: TestKubelet, case: Case) -> Path:
+    cdi = tmp_path / "run-cdi"  # the DRA driver's transient per-claim specs
+    cdi.mkdir()
+    for claim, minor in (("c1", 0), ("c2", 1)):
+        (cdi / f"k8s.gpu.nvidia.com-claim_{claim}.json").write_text(
+            json.dumps(dra_spec(claim, minor)))
     kube = {"socket": str(kubelet.socket), "checkpoint": str(tmp_path / "no-checkpoint"),
-            **case.kube}
+            "cdi-spec-dirs": [str(cdi)], **case.kube}
     table = "\n".join(f"{k} = {json.dumps(v)}" for k, v in kube.items())
     path = tmp_path / "nvhook.toml"
     path.write_text(
