@@ -1,9 +1,9 @@
 """Hypothesis: random env lists, mounts, annotations, capabilities and policies.
 
 For every input and policy: granted ⊆ (policy-allowed ∩ live), and the spec handed on attaches
-exactly what was granted (``hostile.check_invariants``). And enforce never lets through what
-rewrite would drop: if rewrite mode records any violation, enforce denies; if enforce allows or
-rewrites, rewrite grants the same set.
+exactly what was granted, GPUs and IMEX channels (``hostile.check_invariants``). And enforce
+never lets through what rewrite would drop: if rewrite mode records any violation, enforce
+denies; if enforce allows or rewrites, rewrite grants the same set.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from nvhook.decision.decide import Outcome
 from nvhook.decision.policy import (
     AllRule,
     DeviceNodes,
+    Imex,
     Indices,
     MigConfig,
     Mode,
@@ -40,7 +41,8 @@ ID_TOKENS = [
     "99999999999999999999", "1:0", "1:1", "1:2", "0:0", GPU0_BUS, GPU1_BUS, "0:17:0.0",
     "00000000:17:00.1", "all", "ALL", "All", "none", "NONE", "void", "VOID", "", " ",
     "nvidia.com/gpu=0", "nvidia.com/gpu=all", f"nvidia.com/gpu={GPU1_UUID}", "amd.com/gpu=0",
-    "nvidia.com/gpu", "GPU-", "{x}", "nvidia.com/imex-channel=0",
+    "nvidia.com/gpu", "GPU-", "{x}", "nvidia.com/imex-channel=0", "nvidia.com/imex-channel=1",
+    "nvidia.com/imex-channel=all", "imex/0", "imex/1", "imex/", "imex/00",
 ]
 items = st.sampled_from(ID_TOKENS)
 values = st.builds(lambda xs, sep, pad: sep.join(f"{pad}{x}{pad}" for x in xs),
@@ -48,7 +50,8 @@ values = st.builds(lambda xs, sep, pad: sep.join(f"{pad}{x}{pad}" for x in xs),
                    st.sampled_from(["", " "]))
 NAMES = ["NVIDIA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "CUDA_VERSION",
          "NVIDIA_REQUIRE_CUDA", "NVIDIA_MIG_CONFIG_DEVICES", "NVIDIA_MIG_MONITOR_DEVICES",
-         "NVIDIA_DRIVER_CAPABILITIES", "PATH", "LD_PRELOAD"]
+         "NVIDIA_DRIVER_CAPABILITIES", "NVIDIA_IMEX_CHANNELS", "NVIDIA_IMEX_CHANNELS", "PATH",
+         "LD_PRELOAD"]
 env_entry = st.one_of(
     st.builds(lambda n, v: f"{n}={v}", st.sampled_from(NAMES), values),
     st.builds(lambda n, v: f"{n}={v}", st.sampled_from(NAMES[2:4]), st.sampled_from(["", "12"])),
@@ -100,6 +103,8 @@ def policies(draw: Any) -> Policy:
         or ALL_DRIVER_CAPABILITIES,
         mig_config=draw(st.sampled_from(list(MigConfig))),
         device_nodes=draw(st.sampled_from(list(DeviceNodes))),
+        imex=draw(st.sampled_from(list(Imex))),
+        imex_channels=tuple(draw(st.lists(st.sampled_from([0, 1]), max_size=2, unique=True))),
     )
 
 
@@ -118,6 +123,7 @@ def test_enforce_never_allows_what_rewrite_drops(doc: dict[str, Any], policy: Po
         assert enforce.outcome is Outcome.DENY, (enforce, rewrite)
     if enforce.outcome in (Outcome.ALLOW, Outcome.REWRITE):
         assert set(rewrite.granted) == set(enforce.granted)
+        assert set(rewrite.imex) == set(enforce.imex)
         assert rewrite.outcome is enforce.outcome
         assert rewrite.doc == enforce.doc
     if enforce.outcome is Outcome.SKIP:
