@@ -132,7 +132,7 @@ def prestart(ctx: typer.Context) -> None:
     """Run as an OCI prestart hook: the container state comes on stdin."""
     from nvhook.modes import prestart as prestart_mod
 
-    prestart_mod.run(["--config", ctx.obj] if ctx.obj else [], sys.stdin.buffer.read(), None)
+    prestart_mod.run(["--config", ctx.obj] if ctx.obj else [], _state_stdin(), None)
 
 
 @app.command()
@@ -141,7 +141,15 @@ def poststop(ctx: typer.Context) -> None:
     from nvhook.modes import prestart as prestart_mod
 
     argv = ["--config", ctx.obj] if ctx.obj else []
-    prestart_mod.run([*argv, "poststop"], sys.stdin.buffer.read(), None)
+    prestart_mod.run([*argv, "poststop"], _state_stdin(), None)
+
+
+def _state_stdin() -> bytes:
+    """The OCI state, to one byte past what ``state.decode`` accepts: /dev/zero on stdin
+    is one line, not all of memory."""
+    from nvhook.oci.scan import MAX_STATE_BYTES
+
+    return sys.stdin.buffer.read(MAX_STATE_BYTES + 1)
 
 
 @app.command()
@@ -331,8 +339,9 @@ def runtime(ctx: typer.Context) -> None:
 def precreate(ctx: typer.Context) -> None:
     """Run as a Podman precreate hook: the OCI config on stdin, the decided config on stdout."""
     from nvhook.modes import precreate as precreate_mod
+    from nvhook.oci.scan import MAX_SPEC_BYTES
 
-    raw = sys.stdin.buffer.read()
+    raw = sys.stdin.buffer.read(MAX_SPEC_BYTES + 1)  # one more: parse_document refuses it
     out = _guard(lambda: precreate_mod.precreate(raw, _config_option(ctx)))
     sys.stdout.buffer.write(out)
     sys.stdout.buffer.flush()

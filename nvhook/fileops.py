@@ -12,6 +12,9 @@ import os
 from datetime import UTC, datetime
 from pathlib import Path
 
+from nvhook import bounded
+from nvhook.bounded import NotRegular as NotRegular
+from nvhook.bounded import TooLarge as TooLarge
 from nvhook.errors import WriteError
 
 
@@ -124,29 +127,22 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-class TooLarge(ValueError):
-    """A file past the size a reader allows (``read_bounded``)."""
-
-    def __init__(self, path: Path, limit: int) -> None:
-        super().__init__(f"{path}: larger than {limit} bytes, refusing to read it")
-        self.limit = limit
+# The engine and node files install, uninstall and config set edit (daemon.json, containerd's
+# and nvhook's config, hooks.d files): real ones are a few KiB.
+MAX_EDITED_BYTES = 4 << 20
 
 
 def read_bounded(path: Path, limit: int) -> bytes:
-    """The file's bytes, or ``TooLarge`` past ``limit`` bytes: never more than limit + 1
-    bytes are read, so /dev/zero or a runaway file cannot exhaust memory. OSErrors
-    (missing, unreadable) pass through for the caller to word in its own error class."""
-    with open(path, "rb") as f:
-        data = f.read(limit + 1)
-    if len(data) > limit:
-        raise TooLarge(path, limit)
-    return data
+    """The file's bytes, or ``TooLarge`` past ``limit`` bytes (``bounded.read``: /dev/zero,
+    a sparse file or a FIFO can neither exhaust memory nor hang). OSErrors (missing,
+    unreadable) pass through for the caller to word in its own error class."""
+    return bounded.read(path, limit)
 
 
-def read_optional(path: Path) -> bytes | None:
+def read_optional(path: Path, limit: int = MAX_EDITED_BYTES) -> bytes | None:
     """The file's bytes, or None when it does not exist."""
     try:
-        return path.read_bytes()
+        return bounded.read(path, limit)
     except FileNotFoundError:
         return None
     except OSError as e:

@@ -85,14 +85,15 @@ def swarm_names(config_option: str | None) -> tuple[str, ...] | None:
     container naming only such a variable still gets GPUs). Each file is parsed only
     when it mentions ``swarm-resource`` (nvhook's also for a ``-config`` delegate
     argument), so the common case costs one small read per file."""
+    from nvhook import bounded
+
     path = config_option or "/etc/nvhook/config.toml"
     try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_CONFIG_BYTES + 1)
+        data = bounded.read(path, MAX_CONFIG_BYTES)
+    except bounded.Refused:
+        return None  # too large, a FIFO, ...: the full path refuses it in its own words
     except OSError:
         data = b""
-    if len(data) > MAX_CONFIG_BYTES:
-        return None  # the full path refuses it with config.MAX_CONFIG_BYTES' message
     names: tuple[str, ...] = ()
     delegate_args: tuple[str, ...] = ()
     if _mentions(data, b"swarm-resource") or _mentions(data, b"-config"):
@@ -112,13 +113,14 @@ def swarm_names(config_option: str | None) -> tuple[str, ...] | None:
 
 def nvidia_swarm_names(delegate_args: tuple[str, ...]) -> tuple[str, ...] | None:
     """NVIDIA's ``swarm-resource`` names, from the config.toml its hook will read."""
+    from nvhook import bounded
+    from nvhook.nvidia.paths import MAX_CONFIG_BYTES as MAX_NVIDIA_BYTES
     from nvhook.nvidia.paths import candidate_paths
 
     paths, _ = candidate_paths(delegate_args)
     for candidate in paths:
         try:
-            with open(candidate, "rb") as f:
-                data = f.read()
+            data = bounded.read(candidate, MAX_NVIDIA_BYTES)
         except FileNotFoundError:
             continue
         except OSError:

@@ -12,7 +12,8 @@ PKG = Path(__file__).resolve().parent.parent / "nvhook"
 
 # Lower floors never import higher ones. Top-level modules are placed by role.
 FLOOR = {
-    "nvhook": 0, "nvhook.errors": 0, "nvhook.safetext": 0, "nvhook.fileops": 1,
+    "nvhook": 0, "nvhook.errors": 0, "nvhook.safetext": 0, "nvhook.bounded": 0,
+    "nvhook.fileops": 1,
     "nvhook.hookargs": 4,
     "nvhook.oci": 1, "nvhook.gpus": 2, "nvhook.nvidia": 2, "nvhook.kube": 2,
     "nvhook.decision": 3, "nvhook.config": 3, "nvhook.config_schema": 3,

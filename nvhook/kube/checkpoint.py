@@ -9,10 +9,10 @@ Internal and unversioned, but it carries the pod UID and classic init containers
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from nvhook import bounded
 from nvhook.errors import AllocationError
 
 # A node's checkpoint is a few KiB per pod; a file far past that is not the kubelet's.
@@ -30,15 +30,14 @@ class Entry:
 def read(path: Path) -> tuple[Entry, ...]:
     """Raises ``FileNotFoundError`` when absent, ``AllocationError`` when unreadable."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        # Not followed: a link planted at the kubelet's name is refused, as before.
+        data = bounded.read(path, MAX_BYTES, follow=False)
     except FileNotFoundError:
         raise
+    except bounded.TooLarge:
+        raise AllocationError(f"checkpoint {path}: larger than {MAX_BYTES} bytes") from None
     except OSError as e:
         raise AllocationError(f"checkpoint {path}: cannot open: {e.strerror}") from None
-    with os.fdopen(fd, "rb") as f:
-        data = f.read(MAX_BYTES + 1)
-    if len(data) > MAX_BYTES:
-        raise AllocationError(f"checkpoint {path}: larger than {MAX_BYTES} bytes")
     return parse(data, str(path))
 
 

@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from nvhook import bounded
 from nvhook import config as config_mod
 from nvhook.config import SAFE_PATH, Config
 from nvhook.decision.decide import Outcome
@@ -328,7 +329,7 @@ def runtime_name(config_option: str | None, environ: Mapping[str, str] = os.envi
     while the config is being fixed. Warns on stderr and falls back to "runc"."""
     path, named = config_mod.config_path(config_option, environ)
     try:
-        doc = tomllib.loads(path.read_bytes().decode("utf-8"))
+        doc = tomllib.loads(bounded.read(path, config_mod.MAX_CONFIG_BYTES).decode("utf-8"))
         value = doc.get("runtime", {}).get("path", "runc")
         if isinstance(value, str) and value:
             return value

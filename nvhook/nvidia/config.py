@@ -22,8 +22,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from nvhook import bounded
 from nvhook.errors import ConfigError
-from nvhook.nvidia.paths import DEFAULT_PATHS, candidate_paths
+from nvhook.nvidia.paths import DEFAULT_PATHS, MAX_CONFIG_BYTES, candidate_paths
 
 # NVIDIA's image.SupportedDriverCapabilities, in its order.
 ALL_DRIVER_CAPABILITIES = (
@@ -74,8 +75,7 @@ def load(args: Sequence[str], defaults: Sequence[str] = DEFAULT_PATHS) -> Nvidia
     paths, required = candidate_paths(args, defaults)
     for path in paths:
         try:
-            with open(path, "rb") as f:
-                data = f.read(1 << 20 | 1)
+            data = bounded.read(path, MAX_CONFIG_BYTES)
         except FileNotFoundError:
             if required:
                 raise NvidiaConfigError(
@@ -90,8 +90,9 @@ def load(args: Sequence[str], defaults: Sequence[str] = DEFAULT_PATHS) -> Nvidia
 
 
 def parse(data: bytes, path: str) -> NvidiaConfig:
-    if len(data) > 1 << 20:
-        raise NvidiaConfigError(f"{path}: NVIDIA's config file is larger than 1 MiB")
+    if len(data) > MAX_CONFIG_BYTES:
+        raise NvidiaConfigError(f"{path}: NVIDIA's config file is larger than "
+                                f"{MAX_CONFIG_BYTES} bytes")
     try:
         doc = tomllib.loads(data.decode("utf-8"))
     except UnicodeDecodeError as e:

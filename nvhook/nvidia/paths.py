@@ -7,6 +7,8 @@ TYPE_CHECKING = False  # not typing's: importing typing costs ~3 ms on the fast 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+MAX_CONFIG_BYTES = 1 << 20  # NVIDIA's default config.toml is ~2 KiB
+
 # NVIDIA's hook_config.go loadConfig, when no -config flag is given: the first that exists.
 DEFAULT_PATHS = (
     "/run/nvidia/driver/etc/nvidia-container-runtime/config.toml",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os  # loaded by the interpreter at start-up, like stat: free
 import stat
 
+from nvhook.bounded import NotRegular, read_fd
 from nvhook.oci.fields import BY_LOWER, OCI_FIELDS
 
 TYPE_CHECKING = False  # not typing's: importing typing costs ~3 ms on the fast path
@@ -168,43 +169,28 @@ def read_regular(path: str) -> bytes:
     """The bytes of ``path``, which must be a regular file and not a symbolic link.
 
     A FIFO could hand one document to nvhook and another to NVIDIA's hook, and would
-    block a plain open; a device is no spec. Raises OSError (ELOOP for a symlink) or
-    NotRegular. ``lstat`` first, so a device node or FIFO is never opened at all; the
-    ``O_NOFOLLOW`` open and the ``fstat`` of the descriptor are the checks that count
-    (the path can change in between).
+    block a plain open; a device is no spec. Raises OSError: ELOOP for a symlink,
+    ``NotRegular``, ``TooLarge`` past ``MAX_SPEC_BYTES``. ``lstat`` first, so a device node
+    or FIFO is never opened at all; the ``O_NOFOLLOW`` open and the ``fstat`` of the
+    descriptor are the checks that count (the path can change in between).
     """
     kind = stat.S_IFMT(os.lstat(path).st_mode)
     if kind != stat.S_IFREG:
-        raise NotRegular(kind)
+        raise NotRegular(path, kind)
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         kind = stat.S_IFMT(os.fstat(fd).st_mode)
         if kind != stat.S_IFREG:
-            raise NotRegular(kind)
-        chunks = []
-        while chunk := os.read(fd, 1 << 20):
-            chunks.append(chunk)
-        return b"".join(chunks)
+            raise NotRegular(path, kind)
+        return read_fd(fd, path, MAX_SPEC_BYTES)  # a size check after fstat: cheap
     finally:
         os.close(fd)
 
 
-class NotRegular(ValueError):
-    """``path`` is not a regular file; ``kind`` is its ``S_IFMT`` bits."""
-
-    def __init__(self, kind: int) -> None:
-        super().__init__(kind)
-        self.kind = kind
-
-    @property
-    def what(self) -> str:
-        return {stat.S_IFDIR: "a directory", stat.S_IFIFO: "a FIFO",
-                stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
-                stat.S_IFSOCK: "a socket", stat.S_IFLNK: "a symbolic link"}.get(
-                    self.kind, "not a regular file")
-
-
 MAX_STATE_BYTES = 1 << 20  # real states are a few hundred bytes
+# runc's own config.json is ~3 KiB, a Kubernetes pod's tens of KiB (env and mounts are
+# bounded by the kernel's exec limits): a bigger one is not a spec.
+MAX_SPEC_BYTES = 16 << 20
 
 
 def state_looks_valid(state: object) -> bool:

@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nvhook.bounded import NotRegular
 from nvhook.errors import SpecError, WriteError
 from nvhook.oci import gojson
-from nvhook.oci.scan import NotRegular, read_regular
+from nvhook.oci.scan import MAX_SPEC_BYTES, read_regular
 from nvhook.oci.scan import may_request_gpu as may_request_gpu  # lives there: see nvhook/scan.py
 
 CONFIG_NAME = "config.json"
@@ -77,6 +78,8 @@ def read_bytes(path: Path) -> bytes:
 
 
 def parse_document(path: Path, data: bytes) -> dict[str, Any]:
+    if len(data) > MAX_SPEC_BYTES:  # stdin (precreate) is read to one byte more than this
+        raise SpecError(f"{path}: larger than {MAX_SPEC_BYTES} bytes, not an OCI config")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:

@@ -24,10 +24,11 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from nvhook import audit
+from nvhook import audit, fileops
 from nvhook import config as config_mod
 from nvhook.config import SAFE_PATH, Config, InventorySource
 from nvhook.errors import NvhookError
+from nvhook.nvidia.paths import MAX_CONFIG_BYTES as NVIDIA_MAX_BYTES
 from nvhook.ops.install import HOOKS_DIRS, NVIDIA_HOOK_FILE, nvhook_executable, under
 
 NVIDIA_CONFIG = Path("/etc/nvidia-container-runtime/config.toml")
@@ -165,7 +166,7 @@ def failed(checks: Iterable[Check]) -> bool:
 def _policy(opts: Options) -> tuple[Config, Check]:
     path = opts.config or under(opts.prefix, config_mod.DEFAULT_PATH)
     try:
-        data = path.read_bytes()
+        data = fileops.read_bounded(path, config_mod.MAX_CONFIG_BYTES)
     except FileNotFoundError:
         if opts.config is not None:
             return Config(), Check(Level.FAIL, "policy", f"{path}: config file not found",
@@ -274,7 +275,7 @@ def _delegate_on_host(opts: Options, config: Config) -> list[Check]:
 def _nvidia_mode(opts: Options, config: Config) -> Check:
     path = under(opts.prefix, opts.nvidia_config or NVIDIA_CONFIG)
     try:
-        doc = tomllib.loads(path.read_bytes().decode("utf-8"))
+        doc = tomllib.loads(fileops.read_bounded(path, NVIDIA_MAX_BYTES).decode("utf-8"))
     except FileNotFoundError:
         return Check(Level.WARN, "nvidia-mode", f"{path} absent: NVIDIA's defaults apply "
                      "(mode auto resolves to CDI on toolkit >= 1.18)",
@@ -379,7 +380,7 @@ def _hooks_d(opts: Options, config: Config) -> list[Check]:
     for d in dirs:
         for f in sorted(d.glob("*.json")) if d.is_dir() else []:
             try:
-                doc = json.loads(f.read_bytes())
+                doc = json.loads(fileops.read_bounded(f, fileops.MAX_EDITED_BYTES))
             except (OSError, ValueError) as e:
                 checks.append(Check(Level.FAIL, "hooks.d", f"{f}: unreadable JSON: {e}",
                                     "fix or remove the file: the engine refuses to start"))
@@ -563,7 +564,7 @@ def _docker(opts: Options) -> list[Check]:
 
     path = under(opts.prefix, DOCKER_CONFIG)
     try:
-        data = path.read_bytes()
+        data = fileops.read_bounded(path, fileops.MAX_EDITED_BYTES)
     except FileNotFoundError:
         return [Check(Level.OK, "docker", f"{path} absent (Docker not configured)")]
     except OSError as e:
@@ -637,7 +638,8 @@ def _containerd(opts: Options) -> list[Check]:
 
     path = under(opts.prefix, CONTAINERD_CONFIG)
     try:
-        doc = tomllib.loads(path.read_bytes().decode("utf-8"))
+        doc = tomllib.loads(fileops.read_bounded(path, fileops.MAX_EDITED_BYTES)
+                            .decode("utf-8"))
     except FileNotFoundError:
         return [Check(Level.OK, "containerd", f"{path} absent (containerd not configured)")]
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:

@@ -195,7 +195,7 @@ def _swap_current(opts: Options, version: str) -> str:
 def read_policy(path: Path) -> bytes:
     """The ConfigMap's policy, validated exactly as the hook will read it."""
     try:
-        data = path.read_bytes()
+        data = fileops.read_bounded(path, config_mod.MAX_CONFIG_BYTES)
     except OSError as e:
         raise ConfigError(f"{path}: cannot read the policy: {e.strerror}") from None
     config_mod.parse(data, path)  # raises ConfigError naming the file and key
