@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from nvhook.decision.policy import (
+    DEPRECATED_VALUES,
     IDENTITY_FIELDS,
     MAX_IMEX_CHANNEL,
     POLICY_KEYS,
@@ -45,11 +46,18 @@ class InventorySource(StrEnum):
     FILE = "file"
 
 
+PROC_DEVICES = Path("/proc/devices")
+MIG_MINORS = Path("/proc/driver/nvidia-caps/mig-minors")
+
+
 @dataclass(frozen=True)
 class InventorySettings:
     source: InventorySource = InventorySource.NVML
     file: Path | None = None
     timeout: float = 5.0
+    # Where device numbers are read: the driver majors and NVIDIA's MIG capability minors.
+    proc_devices: Path = PROC_DEVICES
+    mig_minors: Path = MIG_MINORS
 
 
 @dataclass(frozen=True)
@@ -66,6 +74,8 @@ class Config:
     swarm_resource: tuple[str, ...] = ()
     leases_dir: Path = DEFAULT_LEASES_DIR
     kubernetes: KubeSettings = field(default_factory=KubeSettings)
+    # What an old key value was read as (doctor shows them): "policy.device-nodes: ...".
+    deprecations: tuple[str, ...] = ()
 
     @property
     def leases_anywhere(self) -> bool:
@@ -121,6 +131,7 @@ class _Reader:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.base_leases = LeasePolicy()
+        self.deprecations: list[str] = []
 
     def fail(self, key: str, problem: str) -> ConfigError:
         return ConfigError(f"{self.path}: {key}: {problem}")
@@ -149,6 +160,7 @@ class _Reader:
             swarm_resource=self.swarm_resource(self.table(doc, "request")),
             leases_dir=leases_dir,
             kubernetes=self.kubernetes(self.table(doc, "kubernetes")),
+            deprecations=tuple(self.deprecations),
         )
 
     def policy_fields(self, doc: dict[str, Any], where: str) -> dict[str, Any]:
@@ -164,6 +176,11 @@ class _Reader:
             elif isinstance(kind, tuple):
                 fields[key.replace("-", "_")] = tuple(self.choices_list(value, at, kind))
             else:
+                new = DEPRECATED_VALUES.get((key, value)) if isinstance(value, str) else None
+                if new is not None:
+                    self.deprecations.append(f'{at} = "{value}" is read as "{new}"; write '
+                                             f'"{new}" (or "deny") instead')
+                    value = new
                 fields[key.replace("-", "_")] = self.choice(value, at, kind)
         return fields
 
@@ -267,7 +284,7 @@ class _Reader:
         )
 
     def inventory(self, doc: dict[str, Any]) -> InventorySettings:
-        self.only(doc, "inventory", {"source", "file", "timeout"})
+        self.only(doc, "inventory", {"source", "file", "timeout", "proc-devices", "mig-minors"})
         source = self.choice(doc.get("source", "nvml"), "inventory.source", InventorySource)
         file = doc.get("file")
         if file is not None and (not isinstance(file, str) or not file):
@@ -279,7 +296,14 @@ class _Reader:
             0 < timeout <= 600
         ):
             raise self.fail("inventory.timeout", f"expected seconds in (0, 600], got {timeout!r}")
-        return InventorySettings(source, Path(file) if file else None, float(timeout))
+        paths = {}
+        for key, default in (("proc-devices", PROC_DEVICES), ("mig-minors", MIG_MINORS)):
+            value = doc.get(key, str(default))
+            if not isinstance(value, str) or not os.path.isabs(value):
+                raise self.fail(f"inventory.{key}", f"expected an absolute path, got {value!r}")
+            paths[key] = Path(value)
+        return InventorySettings(source, Path(file) if file else None, float(timeout),
+                                 paths["proc-devices"], paths["mig-minors"])
 
     def delegate(self, doc: dict[str, Any]) -> DelegateSettings:
         self.only(doc, "delegate", {"path", "args", "env"})

@@ -102,8 +102,9 @@ KEYS: tuple[Key, ...] = (
     Key("policy", "imex-channels", "array of integers", list(P.imex_channels),
         "the IMEX channel numbers that may be granted; empty: any channel policy.imex allows"),
     Key("policy", "device-nodes", "string", P.device_nodes.value,
-        "deny: a /dev/nvidiaN already in the spec's linux.devices is refused (it cannot be "
-        "rewritten)", _values(p.DeviceNodes)),
+        "judge: GPUs that linux.devices nodes and cgroup device rules expose (by major:minor, "
+        "never by path) are judged like any request; deny: no GPU node or rule at all "
+        "(\"accept\" of old configs reads as judge)", _values(p.DeviceNodes)),
     Key("policy", "allocation", "string", P.allocation.value,
         "bound: on Kubernetes a container gets at most the GPUs the kubelet allocated to it; "
         "exempt: not bound (management pods, set by a rule)", _values(p.AllocationRule)),
@@ -134,6 +135,10 @@ KEYS: tuple[Key, ...] = (
         unset="none; required when source = \"file\"", example='"/etc/nvhook/inventory.json"'),
     Key("inventory", "timeout", "float", 5.0,
         "seconds for NVML init and enumeration, in (0, 600]; past it the request is denied"),
+    Key("inventory", "proc-devices", "string", "/proc/devices",
+        "where the char majors of nvidia-caps and nvidia-uvm are read"),
+    Key("inventory", "mig-minors", "string", "/proc/driver/nvidia-caps/mig-minors",
+        "NVIDIA's MIG capability minors (gpu<minor>/gi<I>[/ci<C>]/access <minor>)"),
     # -- [delegate] -------------------------------------------------------------
     Key("delegate", "path", "string", None,
         "NVIDIA's hook; \"\": policy only, exit 0 and let a separately registered NVIDIA "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -74,13 +75,76 @@ def mount(source: str, destination: str) -> dict[str, Any]:
     return {"destination": destination, "source": source, "type": "bind", "options": ["bind"]}
 
 
+# The numbers the host gives NVIDIA's nodes (195 is fixed; uvm and caps majors are the
+# host's, these are the ones HOST_PROC_DEVICES below declares).
+UVM_MAJOR = 510
+CAPS_MAJOR = 234
+NODE_NUMBERS: dict[str, tuple[int, int]] = {
+    "/dev/nvidiactl": (195, 255), "/dev/nvidia-modeset": (195, 254),
+    "/dev/nvidia-uvm": (UVM_MAJOR, 0), "/dev/nvidia-uvm-tools": (UVM_MAJOR, 1),
+    "/dev/null": (1, 3), "/dev/fuse": (10, 229),
+}
+HOST_PROC_DEVICES = f"""Character devices:
+  1 mem
+  5 /dev/tty
+ 10 misc
+195 nvidia-frontend
+{CAPS_MAJOR} nvidia-caps
+{UVM_MAJOR} nvidia-uvm
+
+Block devices:
+  7 loop
+195 notnvidia
+"""
+# mig-minors for the fake topology: GPU 1 (minor 1) has GIs 1 and 2, each with CI 0.
+HOST_MIG_MINORS = """config 1
+monitor 2
+gpu0/gi0/access 3
+gpu1/gi1/access 12
+gpu1/gi1/ci0/access 13
+gpu1/gi2/access 21
+gpu1/gi2/ci0/access 22
+"""
+
+
+def node(path: str, major: int | None = None, minor: int | None = None,
+         kind: str = "c") -> dict[str, Any]:
+    """A linux.devices entry; the numbers default to what ``path`` names on a real host."""
+    if major is None:
+        m = re.fullmatch(r"/dev/nvidia(\d+)", path)
+        major, minor = (195, int(m[1])) if m else NODE_NUMBERS.get(path, (1, 3))
+    return {"path": path, "type": kind, "major": major, "minor": minor or 0}
+
+
+def rule(allow: bool = True, kind: str | None = "c", major: int | None = 195,
+         minor: int | None = None, access: str = "rwm") -> dict[str, Any]:
+    """A linux.resources.devices cgroup rule; None leaves a field out (a wildcard)."""
+    out: dict[str, Any] = {"allow": allow, "access": access}
+    if kind is not None:
+        out["type"] = kind
+    if major is not None:
+        out["major"] = major
+    if minor is not None:
+        out["minor"] = minor
+    return out
+
+
+def host() -> Any:
+    """The host numbering above, as ``devnodes.Host``."""
+    from nvhook.gpus import devnodes
+
+    return devnodes.Host(devnodes.parse_proc_devices(HOST_PROC_DEVICES),
+                         devnodes.parse_mig_minors(HOST_MIG_MINORS))
+
+
 def document(
     env: Sequence[str] = (),
     caps: Iterable[str] = (),
     mounts: Sequence[Mapping[str, Any]] = (),
     annotations: Mapping[str, str] | None = None,
-    devices: Sequence[str] = (),
+    devices: Sequence[str | Mapping[str, Any]] = (),
     effective: Iterable[str] | None = None,
+    rules: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
     """A minimal OCI config.json with the given channels. ``caps`` go into ``bounding``."""
     caps = list(caps)
@@ -103,11 +167,9 @@ def document(
     if annotations is not None:
         doc["annotations"] = dict(annotations)
     if devices:
-        doc["linux"] = {
-            "devices": [
-                {"path": p, "type": "c", "major": 195, "minor": i} for i, p in enumerate(devices)
-            ]
-        }
+        doc["linux"] = {"devices": [node(d) if isinstance(d, str) else dict(d) for d in devices]}
+    if rules:
+        doc.setdefault("linux", {})["resources"] = {"devices": [dict(r) for r in rules]}
     return doc
 
 
@@ -116,7 +178,7 @@ def make_spec(
     caps: Iterable[str] = (),
     mounts: Sequence[Mapping[str, Any]] = (),
     annotations: Mapping[str, str] | None = None,
-    devices: Sequence[str] = (),
+    devices: Sequence[str | Mapping[str, Any]] = (),
     effective: Iterable[str] | None = None,
 ) -> Spec:
     return from_document(

@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from builders import INVENTORY_JSON
+from builders import CAPS_MAJOR, INVENTORY_JSON, host
 from fakenvml import GPU0_UUID, GPU1_UUID, MIG_A_UUID, MIG_B_UUID
 
 from nvhook.decision.decide import Decision, Outcome, decide
@@ -26,6 +26,7 @@ from nvhook.gpus.inventory import IdForm, Inventory, MigDevice, Unresolved, from
 from nvhook.oci.spec import Spec, from_document
 
 INVENTORY: Inventory = from_json(INVENTORY_JSON)
+HOST = host()
 LIVE = frozenset({GPU0_UUID, GPU1_UUID, MIG_A_UUID, MIG_B_UUID})
 # Well-formed UUIDs of another node: they must never resolve here.
 OTHER_GPU0 = "GPU-11111111-2222-4333-8444-555555555555"
@@ -107,11 +108,62 @@ def _imex_cdi(spec: Spec) -> set[str]:
     return {n.partition("=")[2] for key, value in spec.annotations.items()
             if key.startswith("cdi.k8s.io/") for n in split_ids(value)
             if n.startswith("nvidia.com/imex-channel=")}
+def runc_exposed(spec: Spec) -> frozenset[str] | None:
+    """What runc can open in the container through its device nodes and cgroup rules, by a
+    model written apart from nvhook's: the kernel keeps 12 bits of a node's major and 20 of
+    its minor; an allow rule with r or w opens what it covers unless a later deny of every
+    device (a *:*) takes that access back; a MIG-mode GPU's node next to caps of that GPU
+    is part of its MIG devices. None: a privileged container whose rules open every char
+    device (it may mknod anything)."""
+    by_minor = {g.minor: g for g in INVENTORY.gpus}
+    caps = HOST.caps
+    gpus: set[str] = set()  # by number
+    migs: set[str] = set()  # through caps
+    cap_parents: set[int] = set()
+    wild: set[str] = set()
+
+    def number(major: int, minor: int) -> None:
+        if major == 195 and minor in by_minor:
+            gpus.add(by_minor[minor].uuid)
+        elif major == CAPS_MAJOR and minor in caps and caps[minor].gpu_minor is not None:
+            cap = caps[minor]
+            cap_parents.add(cap.gpu_minor)  # type: ignore[arg-type]
+            gpu = by_minor.get(cap.gpu_minor)  # type: ignore[arg-type]
+            migs.update(m.uuid for m in INVENTORY.migs if gpu is not None
+                        and m.parent == gpu.uuid and m.gi == cap.gi and cap.ci in (None, m.ci))
+
+    for n in spec.device_nodes:
+        if n.type not in ("b", "p"):
+            number(n.major & 0xFFF, n.minor & 0xFFFFF)
+    rules = spec.device_rules
+    for i, r in enumerate(rules):
+        opens = {c for c in (r.access or "rw") if c in "rw"}
+        if not r.allow or not opens or r.type == "b":
+            continue
+        if any(not later.allow and later.type in ("", "a") and later.major in (None, -1)
+               and later.minor in (None, -1) and opens <= set(later.access)
+               for later in rules[i + 1:]):
+            continue
+        wild_major = r.major is None or r.major < 0
+        wild_minor = r.minor is None or r.minor < 0
+        if wild_major and wild_minor and "CAP_SYS_ADMIN" in spec.bounding_caps:
+            return None
+        majors = [195, CAPS_MAJOR] if wild_major else [r.major & 0xFFFFFFFF]  # type: ignore[operator]
+        for major in majors:
+            if wild_minor and major == 195:
+                wild.update(d.uuid for d in INVENTORY.devices())
+            elif wild_minor and major == CAPS_MAJOR:
+                wild.update(m.uuid for m in INVENTORY.migs)
+            elif not wild_minor:
+                number(major, r.minor & 0xFFFFFFFF)  # type: ignore[operator]
+    parented = {g.uuid for g in INVENTORY.gpus if g.mig_enabled and g.minor in cap_parents}
+    return frozenset((gpus - parented) | migs | wild)
 
 
 def named_one_by_one(spec: Spec) -> frozenset[str]:
-    """The devices a spec names by an id other than `all`, on any channel."""
-    request = parse(spec)
+    """The devices a spec names by an id other than `all`, on any channel (a device node
+    by its number counts as naming that device)."""
+    request = parse(spec, host=HOST)
     ids = list(request.env.devices.ids) if request.env.devices.kind is Kind.DEVICES else []
     ids += [m.id for m in request.mounts] + [c.name for c in request.nvidia_cdi]
     found: set[str] = set()
@@ -124,17 +176,25 @@ def named_one_by_one(spec: Spec) -> frozenset[str]:
             continue
         if resolution.form is not IdForm.ALL:
             found.update(d.uuid for d in resolution.devices)
+    one_by_one = tuple(r for r in spec.device_rules if not r.allow or (
+        r.major is not None and r.major >= 0 and r.minor is not None and r.minor >= 0))
+    found.update(runc_exposed(dataclasses.replace(spec, device_rules=one_by_one)) or ())
     return frozenset(found)
 
 
-def run(doc: dict[str, Any], policy: Policy) -> tuple[Spec, Decision]:
+def run(doc: dict[str, Any], policy: Policy,
+        before_create: bool = False) -> tuple[Spec, Decision]:
     spec = from_document(CONFIG, doc)
-    return spec, decide(parse(spec), INVENTORY, policy, spec)
+    return spec, decide(parse(spec, host=HOST), INVENTORY, policy, spec,
+                        before_create=before_create)
 
 
-def check_invariants(doc: dict[str, Any], policy: Policy) -> Decision:
-    """The safety invariants; returns the decision for the caller's own checks."""
-    spec, decision = run(doc, policy)
+def check_invariants(doc: dict[str, Any], policy: Policy,
+                     before_create: bool = False) -> Decision:
+    """The safety invariants; returns the decision for the caller's own checks.
+    ``before_create``: judged as the runtime shim and Podman precreate judge (device
+    nodes may still be removed); else as prestart."""
+    spec, decision = run(doc, policy, before_create)
     privileged = "CAP_SYS_ADMIN" in spec.bounding_caps
     granted = set(decision.granted)
     assert granted <= policy_allowed(policy) & LIVE, decision
@@ -149,13 +209,23 @@ def check_invariants(doc: dict[str, Any], policy: Policy) -> Decision:
     after = from_document(CONFIG, decision.doc) if decision.outcome is Outcome.REWRITE else spec
     got, bad = attached(after)
     assert not bad, f"the spec handed on names unresolvable ids {bad}: {decision}"
-    assert got == granted, f"NVIDIA would attach {sorted(got)}, granted {sorted(granted)}"
+    assert got == set(decision.attached), f"NVIDIA would attach {sorted(got)}, {decision}"
     imex = imex_attached(after)
     assert imex == set(decision.imex), f"NVIDIA would attach IMEX {sorted(imex)}: {decision}"
     if policy.imex is not Imex.ALWAYS and not privileged and policy.mode is not Mode.AUDIT:
         assert not imex, f"IMEX reached an unprivileged container: {decision}"
     if policy.imex_channels and policy.mode is not Mode.AUDIT:
         assert all(c.isdigit() and int(c) in policy.imex_channels for c in imex), decision
+    # The granted set never misses a device runc exposes through nodes and cgroup rules.
+    exposed = runc_exposed(after)
+    if exposed is None:
+        assert any("privileged: every device node reachable" in n for n in decision.notes)
+        assert got <= granted
+    else:
+        assert got | exposed == granted, f"runc exposes {sorted(exposed)}: {decision}"
+    if not before_create and (after.device_nodes != spec.device_nodes
+                              or after.device_rules != spec.device_rules):
+        raise AssertionError(f"a prestart decision edited device nodes: {decision}")
     if decision.outcome is Outcome.REWRITE:
         assert list(decision.env) == decision.doc["process"]["env"]
         had = any(e.startswith(f"{VISIBLE_DEVICES}=") for e in spec.env) or parse(
@@ -167,7 +237,7 @@ def check_invariants(doc: dict[str, Any], policy: Policy) -> Decision:
             assert _CANONICAL.match(value), value
             assert set(value.split(",")) - {"void", "none"} <= granted
         # Idempotent: deciding the rewritten spec again changes nothing.
-        again = run(decision.doc, policy)[1]
+        again = run(decision.doc, policy, before_create)[1]
         assert again.outcome in (Outcome.ALLOW, Outcome.SKIP), again
         assert again.doc is None
         assert set(again.granted) == granted

@@ -290,12 +290,12 @@ DECISIONS = [
       "none", "MIG management", id="MIG config, rewrite: the variables are removed"),
     # -- device nodes ------------------------------------------------------------------------------
     P({"env": [nvd("none")], "devices": ["/dev/nvidia0"]}, {"device_nodes": "deny"}, DENY, (),
-      "none", 'linux.devices /dev/nvidia0: GPU device nodes may not be passed in '
+      "none", 'linux.devices[0] /dev/nvidia0 (c 195:0): GPU device nodes may not be passed in '
       '(policy.device-nodes = "deny")', id="device-nodes deny"),
     P({"devices": ["/dev/nvidia1"]}, {"device_nodes": "deny", "mode": "rewrite"}, DENY, (), None,
       "GPU device nodes", id="device-nodes deny cannot be rewritten away"),
-    P({"devices": ["/dev/nvidia1"]}, {}, ALLOW, (), None, None,
-      id="device-nodes accept: a GPU node alone is allowed"),
+    P({"devices": ["/dev/nvidia1"]}, {}, ALLOW, (G1,), None, None,
+      id="device-nodes judge: a GPU node alone is allowed and granted"),
     P({"env": [nvd("none")], "devices": ["/dev/nvidiactl"]}, {"device_nodes": "deny"}, ALLOW, (),
       "none", None, id="device-nodes deny: control nodes are fine"),
     # -- audit -------------------------------------------------------------------------------------
@@ -637,7 +637,8 @@ def test_rule_name_in_an_all_denial():
         P({"annotations": {"cdi.k8s.io/a": "nvidia.com/gpu=0"}}, True, id="nvidia CDI needs it"),
         P({"annotations": {"cdi.k8s.io/a": "nvidia.com/imex-channel=0"}}, False,
           id="CDI IMEX channel does not"),
-        P({"devices": ["/dev/nvidia0"]}, False, id="a device node does not"),
+        P({"devices": ["/dev/nvidia0"]}, True, id="a GPU device node needs it (minor live?)"),
+        P({"devices": ["/dev/nvidiactl"]}, False, id="a control node does not"),
     ],
 )
 def test_needs_inventory(container, needed):

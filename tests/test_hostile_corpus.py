@@ -8,6 +8,10 @@ the granted devices, ``all`` never reaches an unprivileged container under the d
 rewrite leaves one canonical ``NVIDIA_VISIBLE_DEVICES``. Each row also states its outcome
 under the defaults (``d``), rewrite mode (``r``) and the restrictive policy (``x``):
 ``S`` skip, ``D`` deny, ``A:<devices>`` allow, ``W:<devices>`` rewrite.
+
+Rows are judged as a mode that runs before the container is created (runtime shim, Podman
+precreate), where a refused device node can still be removed; each row is judged at prestart
+too, where the same outcome holds except that removing a node becomes a denial.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from builders import device_mount, document
+from builders import CAPS_MAJOR, UVM_MAJOR, device_mount, document, node, rule
 from fakenvml import GPU0_BUS, GPU0_UUID, GPU1_BUS, GPU1_UUID, MIG_A_UUID, MIG_B_UUID
 from hostile import (
     CONFIG,
@@ -66,10 +70,12 @@ class Row:
     effective: tuple[str, ...] | None = None
     mounts: tuple[dict[str, Any], ...] = ()
     annotations: dict[str, str] = field(default_factory=dict)
+    devices: tuple[dict[str, Any], ...] = ()
+    rules: tuple[dict[str, Any], ...] = ()
 
     def doc(self) -> dict[str, Any]:
         return document(self.env, self.caps, self.mounts, self.annotations or None,
-                        effective=self.effective)
+                        self.devices, effective=self.effective, rules=self.rules)
 
 
 def R(id: str, env: tuple[str, ...] | list[str] | str, d: str, r: str, x: str,
@@ -497,8 +503,77 @@ IMEX_ROWS = [
       mounts=(dm("imex/1"),), annotations=imex_cdi("nvidia.com/imex-channel=2")),
 ]
 
+# -- 13. device nodes and cgroup rules, by number (CDI injection: NVIDIA_VISIBLE_DEVICES=void) ---
+CDI = (f"{V}=void",)
+
+
+def N(id: str, d: str, r: str, x: str, *nodes: dict[str, Any], env: tuple[str, ...] = CDI,
+      rules: tuple[dict[str, Any], ...] = (), **kw: Any) -> Row:
+    return Row(id, env, (d, r, x), devices=nodes, rules=rules, **kw)
+
+
+G0_ONLY = ("A:G0", "A:G0", "A:G0")
+G1_NOT_X = ("A:G1", "A:G1", "W:")  # the restrictive policy allows GPU 0 only: node removed
+GONE = ("D", "W:", "W:")  # refused everywhere, removable before creation
+NODES = [
+    N("node-dot-path", *G0_ONLY, node("/dev/./nvidia0", 195, 0)),
+    N("node-double-slash", *G0_ONLY, node("//dev/nvidia0", 195, 0)),
+    N("node-gpu0-path", *G0_ONLY, node("/dev/gpu0", 195, 0)),
+    N("node-195-1", *G1_NOT_X, node("/dev/nvidia1", 195, 1)),
+    N("node-path-says-0-number-says-1", *G1_NOT_X, node("/dev/nvidia0", 195, 1)),
+    N("node-type-u-is-char", *G0_ONLY, node("/dev/x", 195, 0, kind="u")),
+    N("node-modeset-control", *SKIP, node("/dev/nvidia-modeset", 195, 254)),
+    N("node-ctl-control", *SKIP, node("/dev/nvidiactl", 195, 255)),
+    N("node-uvm-control", *SKIP, node("/dev/nvidia-uvm", UVM_MAJOR, 0),
+      node("/dev/nvidia-uvm-tools", UVM_MAJOR, 1)),
+    N("node-block-195-not-nvidia", *SKIP, node("/dev/nvidia0", 195, 0, kind="b")),
+    N("node-fifo-195-not-nvidia", *SKIP, node("/dev/nvidia0", 195, 0, kind="p")),
+    N("node-other-major-ignored", *SKIP, node("/dev/nvidia0", 10, 0)),
+    N("node-minor-not-live", *GONE, node("/dev/nvidia7", 195, 7)),
+    N("node-minor-past-254", *GONE, node("/dev/x", 195, 300)),
+    N("node-major-truncated-by-mknod", *G0_ONLY, node("/dev/x", 195 + 4096, 0)),
+    N("node-minor-truncated-by-mknod", *G1_NOT_X, node("/dev/x", 195, (1 << 20) + 1)),
+    N("node-with-its-cgroup-rule", *G1_NOT_X, node("/dev/nvidia1", 195, 1),
+      rules=(rule(False, "a", None), rule(True, "c", 195, 1, "rwm"))),
+    N("node-and-env-union", "A:G0,G1", "A:G0,G1", "W:G0", node("/dev/nvidia1", 195, 1),
+      env=(f"{V}={G0}",)),
+    N("node-twice-same-gpu", *G1_NOT_X, node("/dev/a", 195, 1), node("/dev/b", 195, 1)),
+    N("rule-specific-minor", *G0_ONLY, rules=(rule(True, "c", 195, 0, "rw"),)),
+    N("rule-major-wraps-32-bits", *G1_NOT_X, rules=(rule(True, "c", (1 << 32) + 195, 1, "rw"),)),
+    N("rule-empty-access-counts", *G0_ONLY, rules=(rule(True, "c", 195, 0, ""),)),
+    N("rule-mknod-only-opens-nothing", *SKIP, rules=(rule(True, "c", 195, 0, "m"),)),
+    N("rule-block-195", *SKIP, rules=(rule(True, "b", 195, None, "rwm"),)),
+    N("rule-wildcard-195-unprivileged", *GONE, rules=(rule(True, "c", 195, None, "rw"),)),
+    N("rule-wildcard-195-minus-one", *GONE, rules=(rule(True, "c", 195, -1, "rw"),)),
+    N("rule-wildcard-195-privileged", "A:" + ALL4, "A:" + ALL4, "W:",
+      rules=(rule(True, "c", 195, None, "rw"),), caps=ADMIN),
+    N("rule-every-device-unprivileged", "D", "D", "D", rules=(rule(True, None, None),)),
+    N("rule-every-char-unprivileged", "D", "D", "D", rules=(rule(True, "c", None),)),
+    N("rule-every-major-minor-0", "D", "D", "D", rules=(rule(True, "c", None, 0, "rw"),)),
+    N("privileged-every-device-kube-proxy", "A:", "A:", "D", node("/dev/nvidia0", 195, 0),
+      node("/dev/nvidia1", 195, 1), rules=(rule(True, None, None),), caps=ADMIN, env=()),
+    N("rule-deny-after-allow-narrows-nothing", *G1_NOT_X,
+      rules=(rule(True, "c", 195, 1, "rw"), rule(False, "c", 195, 1, "rw"))),
+    N("rule-reset-after-allow", *SKIP,
+      rules=(rule(True, "c", 195, 1, "rw"), rule(False, None, None, None, "rwm"))),
+    N("rule-partial-reset-keeps-write", *G1_NOT_X,
+      rules=(rule(True, "c", 195, 1, "rw"), rule(False, None, None, None, "r"))),
+    N("mig-parent-and-caps", "A:MA", "A:MA", "W:", node("/dev/nvidia1", 195, 1),
+      node("/dev/nvidia-caps/nvidia-cap12", CAPS_MAJOR, 12),
+      node("/dev/nvidia-caps/nvidia-cap13", CAPS_MAJOR, 13)),
+    N("mig-gi-cap-alone", "A:MB", "A:MB", "W:", node("/dev/c", CAPS_MAJOR, 21)),
+    N("mig-cap-path-lies", "A:MB", "A:MB", "W:", node("/dev/nvidia-caps/nvidia-cap12",
+                                                      CAPS_MAJOR, 22)),
+    N("mig-cap-minor-unknown", *GONE, node("/dev/c", CAPS_MAJOR, 99)),
+    N("mig-cap-of-gpu-without-mig", *GONE, node("/dev/c", CAPS_MAJOR, 3)),
+    N("mig-config-cap-unprivileged", *GONE, node("/dev/c", CAPS_MAJOR, 1)),
+    N("mig-monitor-cap-privileged", "A:", "A:", "A:", node("/dev/c", CAPS_MAJOR, 2),
+      caps=ADMIN),
+    N("caps-wildcard-rule", "D", "D", "D", rules=(rule(True, "c", CAPS_MAJOR, None, "rw"),)),
+]
+
 CORPUS: list[Row] = (DUPLICATES + ALL_VARIANTS + VOID_NONE + LOOKALIKES + MIG + PCI + INDICES
-                     + CDI_ENV + CDI_ANNOTATIONS + MOUNTS + MIG_VARS + LEGACY)
+                     + CDI_ENV + CDI_ANNOTATIONS + MOUNTS + MIG_VARS + LEGACY + NODES)
 IMEX_IDS = {r.id for r in IMEX_ROWS}
 POLICIES = {"default": DEFAULT, "rewrite": REWRITE, "restrict": RESTRICT}
 
@@ -523,11 +598,17 @@ def test_row(row: Row) -> None:
     doc = row.doc()
     got = {}
     for (name, policy), token in zip(POLICIES.items(), row.expect, strict=True):
-        decision = check_invariants(doc, policy)
+        decision = check_invariants(doc, policy, before_create=True)
         got[name] = (decision.outcome, set(decision.granted))
         assert got[name] == expected(token), (name, decision.reasons)
+        # At prestart the nodes exist already: removing one is a denial there.
+        at_prestart = check_invariants(doc, policy)
+        edits_devices = decision.doc is not None and (
+            decision.doc.get("linux") != doc.get("linux"))
+        want = (Outcome.DENY, set()) if edits_devices else got[name]
+        assert (at_prestart.outcome, set(at_prestart.granted)) == want, (name, at_prestart)
     # The restrictive policy in enforce mode: invariants only, and never more than rewrite.
-    strict = check_invariants(doc, RESTRICT_ENFORCE)
+    strict = check_invariants(doc, RESTRICT_ENFORCE, before_create=True)
     if strict.outcome is not Outcome.DENY:
         assert set(strict.granted) == got["restrict"][1]
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from builders import device_mount, document
+from builders import CAPS_MAJOR, UVM_MAJOR, device_mount, document, node, rule
 from fakenvml import GPU0_BUS, GPU0_UUID, GPU1_BUS, GPU1_UUID, MIG_A_UUID, MIG_B_UUID
 from hostile import OTHER_GPU0, OTHER_MIG, check_invariants
 from hypothesis import HealthCheck, given, settings
@@ -70,7 +70,21 @@ mount = st.one_of(
 )
 annotation = st.tuples(st.sampled_from(["cdi.k8s.io/a", "cdi.k8s.io/b", "other/x"]), values)
 caps = st.sampled_from([(), ("CAP_SYS_ADMIN",), ("CAP_CHOWN",), ("cap_sys_admin",)])
-devices = st.lists(st.sampled_from(["/dev/nvidia0", "/dev/nvidiactl", "/dev/null"]), max_size=2)
+# Device nodes and cgroup rules by number: the path is noise, the number is the device.
+MAJORS = [195, 195, 195, 195 + 4096, CAPS_MAJOR, UVM_MAJOR, 1, 240, -1]
+MINORS = [0, 1, 2, 7, 12, 13, 21, 22, 1, 254, 255, 300, (1 << 20) + 1, -1]
+node_entry = st.one_of(
+    st.sampled_from(["/dev/nvidia0", "/dev/nvidiactl", "/dev/null"]),
+    st.builds(node, st.sampled_from(["/dev/nvidia0", "/dev/./nvidia1", "//dev/x", "/dev/gpu0"]),
+              st.sampled_from(MAJORS), st.sampled_from(MINORS),
+              st.sampled_from(["c", "c", "u", "b", "p"])),
+)
+devices = st.lists(node_entry, max_size=3)
+cgroup_rule = st.builds(
+    rule, st.sampled_from([True, True, False]), st.sampled_from(["c", "a", "b", None]),
+    st.sampled_from([195, 195, None, CAPS_MAJOR, -1, (1 << 32) + 195, 10]),
+    st.sampled_from([None, 0, 1, 12, 255, -1]), st.sampled_from(["rwm", "rw", "r", "m", ""]))
+rules = st.lists(cgroup_rule, max_size=3)
 
 
 @st.composite
@@ -83,6 +97,7 @@ def docs(draw: Any) -> dict[str, Any]:
         annotations=dict(draw(st.lists(annotation, max_size=2))) or None,
         devices=draw(devices),
         effective=draw(st.sampled_from([None, ("CAP_SYS_ADMIN",)])),
+        rules=draw(rules),
     )
 
 
@@ -109,16 +124,20 @@ def policies(draw: Any) -> Policy:
 
 
 @FAST
-@given(docs(), policies())
-def test_granted_is_within_policy_and_live(doc: dict[str, Any], policy: Policy) -> None:
-    check_invariants(doc, policy)
+@given(docs(), policies(), st.booleans())
+def test_granted_is_within_policy_and_live(doc: dict[str, Any], policy: Policy,
+                                           before_create: bool) -> None:
+    # check_invariants also asserts that the granted set never misses a device runc
+    # exposes through the spec's device nodes and cgroup rules.
+    check_invariants(doc, policy, before_create)
 
 
 @FAST
-@given(docs(), policies())
-def test_enforce_never_allows_what_rewrite_drops(doc: dict[str, Any], policy: Policy) -> None:
-    enforce = check_invariants(doc, dataclasses.replace(policy, mode=Mode.ENFORCE))
-    rewrite = check_invariants(doc, dataclasses.replace(policy, mode=Mode.REWRITE))
+@given(docs(), policies(), st.booleans())
+def test_enforce_never_allows_what_rewrite_drops(doc: dict[str, Any], policy: Policy,
+                                                 before_create: bool) -> None:
+    enforce = check_invariants(doc, dataclasses.replace(policy, mode=Mode.ENFORCE), before_create)
+    rewrite = check_invariants(doc, dataclasses.replace(policy, mode=Mode.REWRITE), before_create)
     if rewrite.violations:
         assert enforce.outcome is Outcome.DENY, (enforce, rewrite)
     if enforce.outcome in (Outcome.ALLOW, Outcome.REWRITE):
@@ -135,4 +154,5 @@ def test_enforce_never_allows_what_rewrite_drops(doc: dict[str, Any], policy: Po
 def test_defaults_never_give_all_to_an_unprivileged_container(doc: dict[str, Any]) -> None:
     # check_invariants asserts it for every policy whose `all` is not "always".
     for mode in (Mode.ENFORCE, Mode.REWRITE):
-        check_invariants(doc, Policy(mode=mode))
+        for before_create in (False, True):
+            check_invariants(doc, Policy(mode=mode), before_create)

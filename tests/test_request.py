@@ -6,7 +6,7 @@ Each row pins one rule of FIELD.md §4 (how NVIDIA's hook reads a spec).
 from __future__ import annotations
 
 import pytest
-from builders import ADMIN, device_mount, make_spec, mount
+from builders import ADMIN, device_mount, make_spec, mount, node
 from fakenvml import GPU0_UUID, GPU1_UUID, MIG_A_UUID
 
 from nvhook.decision.request import (
@@ -19,7 +19,6 @@ from nvhook.decision.request import (
     cdi_device_name,
     clean_path,
     env_map,
-    is_gpu_node,
     is_legacy_image,
     parse,
     split_ids,
@@ -486,30 +485,17 @@ def test_privileged(caps, effective, privileged):
 @pytest.mark.parametrize(
     ("devices", "recorded"),
     [
-        P(["/dev/nvidia0"], ("/dev/nvidia0",), id="GPU node recorded"),
-        P(["/dev/nvidiactl", "/dev/nvidia-uvm"], ("/dev/nvidiactl", "/dev/nvidia-uvm"),
+        P(["/dev/nvidia0"], (("gpu", 0),), id="GPU node recorded by its minor"),
+        P(["/dev/nvidiactl", "/dev/nvidia-modeset"], (("control", None), ("control", None)),
           id="control nodes recorded"),
-        P(["/dev/fuse", "/dev/nvidia1"], ("/dev/nvidia1",), id="other devices are not"),
+        P(["/dev/fuse", "/dev/nvidia1"], (("gpu", 1),), id="other devices are not"),
+        P([node("/dev/gpu0", 195, 0)], (("gpu", 0),), id="the path does not matter"),
         P([], (), id="none"),
     ],
 )
 def test_device_nodes(devices, recorded):
-    assert parse(make_spec(devices=devices)).device_nodes == recorded
-
-
-@pytest.mark.parametrize(
-    ("path", "gpu"),
-    [
-        P("/dev/nvidia0", True, id="nvidia0"),
-        P("/dev/nvidia15", True, id="nvidia15"),
-        P("/dev/nvidiactl", False, id="nvidiactl is a control node"),
-        P("/dev/nvidia-uvm", False, id="nvidia-uvm is a control node"),
-        P("/dev/nvidia0x", False, id="trailing junk"),
-        P("/dev/dri/card0", False, id="DRI node"),
-    ],
-)
-def test_is_gpu_node(path, gpu):
-    assert is_gpu_node(path) is gpu
+    reaches = parse(make_spec(devices=devices)).device_nodes
+    assert tuple((r.kind.value, r.gpu_minor) for r in reaches) == recorded
 
 
 def test_malformed_env_entries_are_recorded_in_order():
@@ -543,6 +529,9 @@ ASKS_CASES = [
       id="another vendor's CDI name does not"),
     P({"devices": ["/dev/nvidia0"]}, True, id="a GPU device node asks"),
     P({"devices": ["/dev/nvidiactl"]}, False, id="a control node alone does not"),
+    P({"devices": [node("/dev/gpu0", 195, 0)]}, True, id="195:0 at any path asks"),
+    P({"devices": [node("/dev/nvidia0", 195, 0, kind="b")]}, False,
+      id="a block device 195:0 is not NVIDIA's"),
     P({"env": [nvd("all"), nvd("void")]}, False, id="duplicate ending in void asks nothing"),
 ]
 
@@ -638,7 +627,8 @@ def test_to_json_reports_every_channel():
         "mig_monitor": None,
         "imex": {"read": "both", "why": "no NVIDIA config given: every channel counts",
                  "env": "0", "channels": [{"id": "0", "via": "env"}]},
-        "device_nodes": ["/dev/nvidia0"],
+        "device_nodes": [{"what": "linux.devices[0] /dev/nvidia0 (c 195:0)", "reaches": "gpu",
+                          "gpu_minor": 0}],
         "conflicting_values": ["0", GPU1_UUID],
         "malformed_env": [{"index": 3, "entry": "BROKEN"}],
         "forged_mounts": [f"/dev/zero -> {ROOT}/1"],

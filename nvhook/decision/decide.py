@@ -14,6 +14,7 @@ NVIDIA reads them from, and a refused one is dropped the same way (``void`` in
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -46,10 +47,11 @@ from nvhook.decision.request import (
     Request,
     cdi_device_name,
     device_mount_id,
-    is_gpu_node,
     split_ids,
 )
 from nvhook.errors import AllocationError, InventoryError
+from nvhook.gpus import devnodes
+from nvhook.gpus.devnodes import Reach, Reached
 from nvhook.gpus.inventory import Device, Gpu, IdForm, Inventory, MigDevice, Resolution, Unresolved
 from nvhook.kube.allocation import Allocation, Unallocated
 from nvhook.oci.spec import DEVICE_MOUNT_ROOT, Spec
@@ -83,6 +85,8 @@ class Violation:
 class Decision:
     outcome: Outcome
     policy: Policy
+    # Every device the container gets: what NVIDIA's hook attaches and what its device
+    # nodes and cgroup rules expose.
     granted: tuple[str, ...] = ()
     violations: tuple[Violation, ...] = ()
     # The whole edited document, only for REWRITE.
@@ -92,6 +96,9 @@ class Decision:
     # decision still says so, or an ignored request would look like a silent rewrite.
     notes: tuple[str, ...] = ()
     imex: tuple[str, ...] = ()  # the IMEX channel ids NVIDIA's stack attaches after it
+    # The part of ``granted`` that NVIDIA's hook attaches (env, mounts, CDI annotations):
+    # without it there is nothing to hand NVIDIA's hook.
+    attached: tuple[str, ...] = ()
 
     @property
     def reasons(self) -> list[str]:
@@ -111,17 +118,25 @@ def needs_inventory(request: Request) -> bool:
         (request.env_read and request.env.devices.kind in (Kind.ALL, Kind.DEVICES))
         or (request.mounts_read and bool(request.mounts))
         or any(_is_gpu_cdi(c.name) for c in request.nvidia_cdi)
+        or any(r.kind in _NEEDS_INVENTORY for r in request.device_nodes)
     )
+
+
+_NEEDS_INVENTORY = (Reached.GPU, Reached.MIG, Reached.ALL)
 
 
 def decide(request: Request, inventory: Inventory | InventoryError, policy: Policy,
            spec: Spec, held: Mapping[str, str] | None = None,
            allocation: Allocation | AllocationError | None = None,
-           unallocated: Unallocated = Unallocated.VOID) -> Decision:
+           unallocated: Unallocated = Unallocated.VOID,
+           before_create: bool = False) -> Decision:
     """``held``: lower-cased UUID -> why that device cannot be leased to this container
     (``leases`` computes it under the table's lock); such a device is a violation of
     ``policy.leases``, so rewrite mode keeps the leasable rest.
-    ``allocation``: the kubelet's, when the container is bound to one (None: not)."""
+    ``allocation``: the kubelet's, when the container is bound to one (None: not).
+    ``before_create``: the runtime has not created the container yet (runtime shim,
+    Podman precreate), so a refused device node and its cgroup rules can still be removed;
+    at prestart the nodes exist already and a refused one can only be denied."""
     if not request.asks_for_devices:
         return Decision(Outcome.SKIP, policy, env=spec.env)
     if request.malformed_env:
@@ -139,8 +154,9 @@ def decide(request: Request, inventory: Inventory | InventoryError, policy: Poli
                                "fail closed")
             return Decision(Outcome.DENY, policy, violations=(failed,), env=spec.env)
         inventory = Inventory((), (), None, source="none")
-    judge = _Judge(request, inventory, policy, spec, held or {})
-    if allocation is not None and policy.allocation is AllocationRule.BOUND:
+    judge = _Judge(request, inventory, policy, spec, held or {}, before_create)
+    if allocation is not None and policy.allocation is AllocationRule.BOUND and \
+            request.bindable:
         failed = judge.bind(allocation, unallocated)
         if failed is not None:
             return Decision(Outcome.DENY, policy, violations=(failed,), env=spec.env)
@@ -174,8 +190,14 @@ def allocated_devices(allocation: Allocation, inventory: Inventory
 
 class _Judge:
     def __init__(self, request: Request, inventory: Inventory, policy: Policy, spec: Spec,
-                 held: Mapping[str, str]):
+                 held: Mapping[str, str], before_create: bool = False):
         self.held = held
+        self.before_create = before_create
+        # Device nodes and cgroup rules a rewrite removes (by index), and wildcard rules it
+        # replaces by rules for the minors kept.
+        self.drop_nodes: set[int] = set()
+        self.drop_rules: set[int] = set()
+        self.narrow_rules: dict[int, list[int]] = {}
         self.request = request
         self.inventory = inventory
         self.policy = policy
@@ -233,13 +255,14 @@ class _Judge:
         caps = self.judge_capabilities()
         drop_mig = self.judge_mig()
         imex_kept = self.judge_imex()
-        self.judge_device_nodes()
+        nodes_kept = self.judge_device_nodes()
 
-        granted = _uuids(
+        attached = _uuids(
             [d for _, devs in env_kept for d in devs]
             + [d for _, devs in mounts_kept for d in devs]
             + [d for _, devs in cdi_kept for d in devs]
         )
+        granted = tuple(dict.fromkeys([*attached, *(d.uuid for d in nodes_kept)]))
         notes = tuple(self.notes)
         imex = self.request.imex
         if self.policy.mode is Mode.AUDIT:
@@ -266,15 +289,18 @@ class _Judge:
         if self.request.cdi:
             doc["annotations"] = self.rewrite_annotations(
                 cdi_kept, {c.id for c in refused if c.via is ImexVia.ANNOTATION})
+        if self.drop_nodes or self.drop_rules or self.narrow_rules:
+            self.rewrite_devices(doc)
         if doc == self.spec.doc:
             return Decision(Outcome.ALLOW, self.policy, granted, tuple(self.violations),
-                            env=self.spec.env, notes=notes, imex=_ids(imex_kept))
-        if not granted and not env_none:
+                            env=self.spec.env, notes=notes, imex=_ids(imex_kept),
+                            attached=attached)
+        if not attached and not env_none:
             # Every GPU request was voided or dropped: NVIDIA attaches the env's and mounts'
             # IMEX channels only alongside one, so only kept CDI names still reach the container.
             imex_kept = [c for c in imex_kept if c.via is ImexVia.ANNOTATION]
         return Decision(Outcome.REWRITE, self.policy, granted, tuple(self.violations), doc,
-                        env=env, notes=notes, imex=_ids(imex_kept))
+                        env=env, notes=notes, imex=_ids(imex_kept), attached=attached)
 
     # -- channels -----------------------------------------------------------
 
@@ -368,12 +394,7 @@ class _Judge:
         for d in res.devices:
             self.requested[d.uuid] = None
         if res.form is IdForm.ALL:
-            rule = self.policy.all
-            privileged = self.request.privileged
-            if rule is AllRule.NEVER or (rule is AllRule.PRIVILEGED and not privileged):
-                who = "no container" if rule is AllRule.NEVER else "an unprivileged container"
-                verb = "may have" if rule is AllRule.NEVER else "may not have"
-                self.violate(label, f"{who} {verb} every GPU", self.rule("all", rule.value))
+            if not self.all_allowed(label, fixable=True):
                 return []
         elif res.form.is_positional and self.policy.indices is Indices.DENY:
             self.violate(label, f"device {device_id!r} is a {res.form.value} form, not a UUID",
@@ -382,7 +403,15 @@ class _Judge:
         allowed = [d for d in res.devices if self.device_allowed(label, d)]
         return [] if whole and len(allowed) != len(res.devices) else allowed
 
-    def device_allowed(self, label: str, device: Device) -> bool:
+    def device_allowed(self, label: str, device: Device, fixable: bool = True) -> bool:
+        before = len(self.violations)
+        allowed = self._device_allowed(label, device)
+        if not fixable:
+            self.violations[before:] = [dataclasses.replace(v, fixable=False)
+                                        for v in self.violations[before:]]
+        return allowed
+
+    def _device_allowed(self, label: str, device: Device) -> bool:
         deny = {u.lower() for u in self.policy.deny}
         allow = {u.lower() for u in self.policy.allow}
         uuid = device.uuid.lower()
@@ -498,14 +527,97 @@ class _Judge:
             return f"{IMEX_CHANNELS}=void"
         return None
 
-    def judge_device_nodes(self) -> None:
-        if self.policy.device_nodes is not DeviceNodes.DENY:
-            return
-        for path in self.request.device_nodes:
-            if is_gpu_node(path):
-                # A device node is created by the runtime itself; no rewrite can take it away.
-                self.violate(f"linux.devices {path}", "GPU device nodes may not be passed in",
-                             self.rule("device-nodes", "deny"), fixable=False)
+    def judge_device_nodes(self) -> list[Device]:
+        """Judge what the device nodes and cgroup rules expose, by number, with the same
+        policy as every other channel. -> the devices the kept ones expose.
+
+        A refused node or rule is removed by a rewrite when the container is not created
+        yet and the edit can express it; otherwise (prestart: the node exists already; a
+        rule like ``a *:* rwm`` that no edit narrows) the violation can only deny.
+        """
+        exposure = devnodes.resolve(self.request.device_nodes, self.inventory)
+        kept: list[Device] = []
+        for item in exposure.items:
+            r = item.reach
+            if item.kind is Reached.CONTROL:
+                continue
+            if item.kind is Reached.PRIVILEGED:
+                self.judge_privileged_reach(r)
+                continue
+            fixable = self.before_create and r.narrowable
+            if self.policy.device_nodes is DeviceNodes.DENY:
+                self.violate(r.label, "GPU device nodes may not be passed in",
+                             self.rule("device-nodes", "deny"), fixable)
+                self.refuse(r)
+                continue
+            if item.kind is Reached.UNKNOWN:
+                self.violate(r.label, f"cannot tell which device this is: {r.why}",
+                             "fail closed", fixable)
+                self.refuse(r)
+                continue
+            if item.kind is Reached.NOT_LIVE:
+                why = r.why or (f"GPU minor {r.gpu_minor}" if r.gpu_minor is not None
+                                and r.kind is Reached.GPU else r.kind.value)
+                self.violate(r.label, f"{why}: no such live device on this node",
+                             "live inventory, fail closed", fixable)
+                self.refuse(r)
+                continue
+            if item.kind is Reached.MIG_MANAGEMENT:
+                if not self.mig_management_allowed(r.label, fixable):
+                    self.refuse(r)
+                continue
+            devices = list(item.devices)
+            for d in devices:
+                self.requested[d.uuid] = None
+            if item.kind is Reached.ALL and not self.all_allowed(r.label, fixable):
+                self.refuse(r)
+                continue
+            allowed = [d for d in devices if self.device_allowed(r.label, d, fixable)]
+            if len(allowed) == len(devices):
+                kept.extend(allowed)
+            elif item.kind is Reached.ALL and r.source == "rule":
+                # A wildcard over major 195 becomes one rule per GPU minor kept.
+                gpus = [d for d in allowed if isinstance(d, Gpu)]
+                self.narrow_rules[r.index] = [g.minor for g in gpus]
+                kept.extend(gpus)
+            else:
+                self.refuse(r)
+        return kept
+
+    def refuse(self, r: Reach) -> None:
+        (self.drop_nodes if r.source == "node" else self.drop_rules).add(r.index)
+
+    def all_allowed(self, label: str, fixable: bool) -> bool:
+        rule = self.policy.all
+        if rule is AllRule.NEVER or (rule is AllRule.PRIVILEGED and not self.request.privileged):
+            who = "no container" if rule is AllRule.NEVER else "an unprivileged container"
+            verb = "may have" if rule is AllRule.NEVER else "may not have"
+            self.violate(label, f"{who} {verb} every GPU", self.rule("all", rule.value),
+                         fixable)
+            return False
+        return True
+
+    def judge_privileged_reach(self, r: Reach) -> None:
+        """A privileged container whose rules open every char device: it may mknod any
+        node, so no spec edit confines it and no allocation binds it; only ``policy.all``
+        decides, as for any privileged request of every GPU."""
+        self.notes.append(f"{r.label}: {r.why}; judged by {self.rule('all', self.policy.all.value)}"
+                          " only")
+        if self.policy.all is AllRule.NEVER:
+            self.violate(r.label, f"{r.why}, and no container may have every GPU",
+                         self.rule("all", "never"), fixable=False)
+
+    def mig_management_allowed(self, label: str, fixable: bool) -> bool:
+        """NVIDIA's MIG config/monitor capabilities: judged like NVIDIA_MIG_CONFIG_DEVICES."""
+        if self.policy.mig_config is MigConfig.NEVER:
+            self.violate(label, "MIG management is not allowed",
+                         self.rule("mig-config", "never"), fixable)
+            return False
+        if not self.request.privileged:
+            self.violate(label, "MIG management needs a privileged container",
+                         self.rule("mig-config", "privileged"), fixable)
+            return False
+        return True
 
     # -- rewrites -----------------------------------------------------------
 
@@ -536,6 +648,24 @@ class _Judge:
         if imex_env is not None:
             replace[IMEX_CHANNELS] = imex_env
         return rewrite_entries(self.spec.env, replace)
+
+    def rewrite_devices(self, doc: dict[str, Any]) -> None:
+        """Drop refused nodes and cgroup rules, and narrow wildcard rules to the minors
+        kept; every other entry stays as it was, byte for byte."""
+        linux = doc.get("linux") or {}
+        if self.drop_nodes:
+            linux["devices"] = [d for i, d in enumerate(linux.get("devices") or [])
+                                if i not in self.drop_nodes]
+        resources = linux.get("resources") or {}
+        if self.drop_rules or self.narrow_rules:
+            rules: list[Any] = []
+            for i, raw in enumerate(resources.get("devices") or []):
+                if i in self.narrow_rules:
+                    rules.extend(devnodes.kept_rules(self.spec.device_rules[i],
+                                                     self.narrow_rules[i]))
+                elif i not in self.drop_rules:
+                    rules.append(raw)
+            resources["devices"] = rules
 
     def rewrite_mounts(self, kept: list[tuple[str, list[Device]]], gpu: bool = True,
                        drop_imex: set[str] | frozenset[str] = frozenset()) -> list[Any]:
@@ -636,6 +766,9 @@ def _first_label(request: Request) -> str:
     if request.nvidia_cdi:
         c = request.nvidia_cdi[0]
         return f"annotation {c.annotation}={c.name}"
+    asking = [r for r in request.device_nodes if r.kind.asks]
+    if asking:
+        return asking[0].label
     return "GPU request"
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,10 +10,10 @@ from pathlib import Path
 from nvhook.config import Config
 from nvhook.decision.decide import Decision, allocated_devices, decide, needs_inventory
 from nvhook.decision.policy import Policy
-from nvhook.decision.request import Request, parse
+from nvhook.decision.request import NO_HOST, Request, parse
 from nvhook.errors import AllocationError, InventoryError
+from nvhook.gpus import devnodes, source
 from nvhook.gpus import inventory as inventory_mod
-from nvhook.gpus import source
 from nvhook.gpus.inventory import Inventory
 from nvhook.kube import allocation as allocation_mod
 from nvhook.kube import identity as identity_mod
@@ -35,6 +36,7 @@ class Evaluation:
     # The kubelet's allocation (or why it could not be read); None: not bound to one.
     allocation: Allocation | AllocationError | None = None
     unallocated: Unallocated = Unallocated.VOID  # what an empty allocation turns into
+    before_create: bool = False  # judged before the runtime created the container
 
     def allocation_json(self) -> dict[str, object] | None:
         """The ``allocation`` object of ``explain --json`` and of the audit line."""
@@ -63,22 +65,26 @@ def config_void_or_deny(e: Evaluation) -> str:
 
 
 def evaluate(spec: Spec, config: Config, inventory_file: Path | None = None,
-             nvidia: NvidiaConfig | None = None) -> Evaluation:
+             nvidia: NvidiaConfig | None = None, before_create: bool = False) -> Evaluation:
     """Raises ``NvidiaConfigError`` when NVIDIA's config.toml cannot be read and the
-    container asks for a GPU on any channel: without it nothing can be judged."""
+    container asks for a GPU on any channel: without it nothing can be judged.
+    ``before_create``: called by a mode that runs before the runtime creates the container
+    (runtime shim, Podman precreate), which can still remove device nodes."""
     started = time.monotonic()
-    request = parse(spec, config.swarm_resource, nvidia or read_nvidia_config(config, spec))
+    host = read_host(config, spec)
+    request = parse(spec, config.swarm_resource, nvidia or read_nvidia_config(config, spec, host),
+                    host)
     identity = identity_mod.of_spec(spec.doc, spec.annotations)
     policy = config.policy_for(spec.annotations, identity)
     allocation: Allocation | AllocationError | None = None
     unallocated = config.kubernetes.unallocated
-    if request.asks_for_devices and identity is not None and identity.sandbox and \
+    if request.bindable and identity is not None and identity.sandbox and \
             config.kubernetes.allocation is not allocation_mod.Binding.OFF:
         # The pod sandbox (pause) runs no workload and has no allocation to look up: it is
         # skipped, and a GPU request it carries anyway is replaced by void.
         allocation = Allocation("sandbox", identity)
         unallocated = Unallocated.VOID
-    elif (request.asks_for_devices and identity is not None
+    elif (request.bindable and identity is not None
             and allocation_mod.applies(config.kubernetes, identity)):
         # Read even for an exempt pod, so explain and the audit line show the allocation.
         try:
@@ -97,20 +103,31 @@ def evaluate(spec: Spec, config: Config, inventory_file: Path | None = None,
         spec,
         allocation=allocation,
         unallocated=unallocated,
+        before_create=before_create,
     )
     return Evaluation(spec, request, policy, inventory, decision, time.monotonic() - started,
-                      identity, allocation, unallocated)
+                      identity, allocation, unallocated, before_create)
 
 
-def read_nvidia_config(config: Config, spec: Spec) -> NvidiaConfig | None:
+def read_nvidia_config(config: Config, spec: Spec,
+                       host: devnodes.Host = NO_HOST) -> NvidiaConfig | None:
     """NVIDIA's settings for the delegate's argv. An unreadable file fails closed, but
-    only for a container that asks for a GPU through some channel (the union view)."""
+    only for a container that asks for a GPU through a channel NVIDIA's hook reads (the
+    union view); device nodes alone are runc's, judged without NVIDIA's settings."""
     try:
         return nvidia_config.load(config.delegate.args)
     except NvidiaConfigError:
-        if parse(spec, config.swarm_resource).asks_for_devices:
+        if dataclasses.replace(parse(spec, config.swarm_resource, host=host),
+                               device_nodes=()).asks_for_devices:
             raise
         return None
+
+
+def read_host(config: Config, spec: Spec) -> devnodes.Host:
+    """The host's device numbering, read only for a spec with device nodes or rules."""
+    if not spec.device_nodes and not spec.device_rules:
+        return NO_HOST
+    return devnodes.load_host(config.inventory.proc_devices, config.inventory.mig_minors)
 
 
 def read_inventory(

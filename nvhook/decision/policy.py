@@ -58,8 +58,15 @@ class ChannelNumbers(tuple[int, ...]):
 
 
 class DeviceNodes(StrEnum):
-    ACCEPT = "accept"
-    DENY = "deny"
+    """How ``linux.devices`` nodes and cgroup device rules are judged (by major:minor)."""
+
+    JUDGE = "judge"  # each GPU a node or rule exposes is judged like any other request
+    DENY = "deny"  # no GPU node or rule may be passed in at all
+
+
+# Old values still read, as (key, old value) -> the value they now mean: an old config's
+# device-nodes = "accept" (nodes unjudged) is read as "judge", and doctor says so.
+DEPRECATED_VALUES = {("device-nodes", "accept"): "judge"}
 
 
 class LeaseMode(StrEnum):
@@ -101,7 +108,7 @@ class Policy:
     mig_config: MigConfig = MigConfig.PRIVILEGED
     imex: Imex = Imex.PRIVILEGED
     imex_channels: tuple[int, ...] = ()  # empty: any channel (that ``imex`` allows)
-    device_nodes: DeviceNodes = DeviceNodes.ACCEPT
+    device_nodes: DeviceNodes = DeviceNodes.JUDGE
     leases: LeasePolicy = LeasePolicy()
     allocation: AllocationRule = AllocationRule.BOUND
     rule: str | None = None  # the [[policy.rules]] entry that produced this policy

@@ -6,9 +6,9 @@ rule turns an unset variable into ``all``, ``void`` anywhere beats everything,
 then the first ``all``/``none`` in list order decides. Case matters: ``ALL`` is a
 device id here (nvidia-container-cli later resolves it case-insensitively, which
 ``inventory.resolve`` reproduces). Things NVIDIA ignores but a policy must see
-(disagreeing duplicates, ``/dev/nvidia*`` device nodes, env entries without
-``=``) are recorded too. IMEX channels are read as NVIDIA's ``ImexChannelRequests``
-reads them (``imex_request``).
+(disagreeing duplicates, env entries without ``=``) are recorded too. IMEX channels are
+read as NVIDIA's ``ImexChannelRequests`` reads them (``imex_request``). Device nodes and
+cgroup device rules are a channel of their own, read by number (``gpus.devnodes``).
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from nvhook.gpus import devnodes
+from nvhook.gpus.devnodes import Host, Reach, Reached
 from nvhook.nvidia.config import ALL_DRIVER_CAPABILITIES as ALL_DRIVER_CAPABILITIES
 from nvhook.nvidia.config import NvidiaConfig
 from nvhook.oci.spec import DEVICE_MOUNT_ROOT, Mount, Spec
@@ -40,7 +42,10 @@ DEFAULT_DRIVER_CAPABILITIES = ("utility", "compute")
 _CDI_NAME = re.compile(
     r"^(?P<kind>[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*)=(?P<name>.+)$"
 )
-_GPU_NODE = re.compile(r"^/dev/nvidia\d+$")
+# What parse assumes without the host's numbering: /proc/devices read, no NVIDIA driver
+# but the fixed major 195 (nvidia-caps and nvidia-uvm majors are the host's; evaluate
+# passes them).
+NO_HOST = Host({})
 
 
 IMEX_MOUNT_PREFIX = "imex/"  # NVIDIA's volumeMountDevicePrefixImex
@@ -220,7 +225,8 @@ class Request:
     driver_capabilities: str | None  # raw value; None when unset
     mig_config: str | None
     mig_monitor: str | None
-    device_nodes: tuple[str, ...]  # /dev/nvidia* in linux.devices
+    # linux.devices nodes and cgroup rules that reach NVIDIA devices, by major:minor.
+    device_nodes: tuple[Reach, ...]
     malformed_env: tuple[MalformedEnv, ...]  # entries without "=": NVIDIA's hook fails
     # Mounts that look like device requests but that NVIDIA's hook ignores
     # (a source other than /dev/null): recorded, never granted.
@@ -238,21 +244,31 @@ class Request:
 
     @property
     def asks_for_devices(self) -> bool:
-        """True when any channel would make NVIDIA's stack attach something."""
-        return self.asks_for_gpu or bool(self.nvidia_cdi)
+        """True when any channel would make NVIDIA's stack attach something, or the
+        container's device nodes and cgroup rules reach an NVIDIA device."""
+        return (self.asks_for_gpu or bool(self.nvidia_cdi)
+                or any(r.kind.asks for r in self.device_nodes))
 
     @property
     def asks_for_gpu(self) -> bool:
-        """``asks_for_devices`` less the IMEX CDI names: the GPU request that NVIDIA's
-        IMEX env and mount channels ride along with (no GPU request, no IMEX from them)."""
+        """The GPU request NVIDIA's hook reads (no IMEX CDI names, no device nodes, which
+        NVIDIA's hook does not read): what its IMEX env and mount channels ride along with
+        (no GPU request, no IMEX from them)."""
         return (
             (self.env_read and (
                 self.env.devices.kind in (Kind.NONE, Kind.ALL, Kind.DEVICES)
                 or self.env.mixed_void))
             or (self.mounts_read and bool(self.mounts))
             or any(not c.name.startswith(IMEX_CDI_KIND + "=") for c in self.nvidia_cdi)
-            or any(_GPU_NODE.match(p) for p in self.device_nodes)
         )
+
+    @property
+    def bindable(self) -> bool:
+        """Asks for something a kubelet allocation binds: every request but a privileged
+        container's reach of every device node, which no spec edit can confine."""
+        if any(r.kind.asks and r.kind is not Reached.PRIVILEGED for r in self.device_nodes):
+            return True
+        return dataclasses.replace(self, device_nodes=()).asks_for_devices
 
     @property
     def env_read(self) -> bool:
@@ -319,12 +335,13 @@ def is_legacy_image(env: dict[str, str]) -> bool:
 
 
 def parse(spec: Spec, swarm_resource: Sequence[str] = (),
-          nvidia: NvidiaConfig | None = None) -> Request:
+          nvidia: NvidiaConfig | None = None, host: Host = NO_HOST) -> Request:
     """The request as NVIDIA's hook will read it under ``nvidia`` (its config.toml).
 
     Without ``nvidia`` every channel counts (the union view, never less than NVIDIA
     reads) and ``swarm_resource`` names the swarm variables; with it, NVIDIA's
-    channel order and its own ``swarm-resource`` decide.
+    channel order and its own ``swarm-resource`` decide. ``host`` numbers the device
+    nodes (the nvidia-caps and nvidia-uvm majors, the MIG capability minors).
     """
     env = env_map(spec.env)
     legacy = is_legacy_image(env)
@@ -347,7 +364,7 @@ def parse(spec: Spec, swarm_resource: Sequence[str] = (),
         driver_capabilities=env.get(DRIVER_CAPABILITIES),
         mig_config=env.get(MIG_CONFIG_DEVICES) or None,
         mig_monitor=env.get(MIG_MONITOR_DEVICES) or None,
-        device_nodes=tuple(p for p in spec.device_paths if p.startswith("/dev/nvidia")),
+        device_nodes=devnodes.classify(spec.device_nodes, spec.device_rules, host, privileged),
         malformed_env=tuple(MalformedEnv(i, e) for i, e in enumerate(spec.env) if "=" not in e),
         forged_mounts=tuple(_forged_mounts(spec.mounts)),
     )
@@ -515,10 +532,6 @@ def cdi_device_name(item: str) -> tuple[str, str] | None:
     return (m["kind"], m["name"]) if m else None
 
 
-def is_gpu_node(path: str) -> bool:
-    return bool(_GPU_NODE.match(path))
-
-
 def to_json(r: Request) -> dict[str, object]:
     """The request by channel, as ``explain --json`` and the audit log show it."""
     return {
@@ -534,7 +547,7 @@ def to_json(r: Request) -> dict[str, object]:
         "mig_config": r.mig_config,
         "mig_monitor": r.mig_monitor,
         "imex": imex_json(r.imex),
-        "device_nodes": list(r.device_nodes),
+        "device_nodes": [n.as_json() for n in r.device_nodes],
         "conflicting_values": list(r.env.conflicting_values),
         "malformed_env": [{"index": m.index, "entry": m.entry} for m in r.malformed_env],
         "forged_mounts": [f"{m.source} -> {m.destination}" for m in r.forged_mounts],

@@ -139,7 +139,8 @@ def _decide(evaluation: Evaluation, live: Table, holder: Holder,
     held = rules.held(live.leases, holder.container, policy.leases, evaluation.inventory)
     # The re-decision keeps the kubelet's allocation binding of the first one.
     decision = decide(evaluation.request, evaluation.inventory, policy, evaluation.spec, held,
-                      allocation=evaluation.allocation, unallocated=evaluation.unallocated)
+                      allocation=evaluation.allocation, unallocated=evaluation.unallocated,
+                      before_create=evaluation.before_create)
     granted: Iterable[str] = ()
     if decision.outcome in (Outcome.ALLOW, Outcome.REWRITE):
         # Audit mode lets a collision through but never records a second holder.

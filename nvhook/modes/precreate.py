@@ -28,7 +28,7 @@ def precreate(raw: bytes, config_option: str | None) -> bytes:
         return raw
     config = config_mod.load(config_option)
     spec = spec_mod.from_document(STDIN, doc)
-    evaluation = evaluate(spec, config)
+    evaluation = evaluate(spec, config, before_create=True)
     # The config carries no container id; Podman's default hostname is its short id.
     hostname = doc.get("hostname")
     apply.record(config, evaluation, hostname if isinstance(hostname, str) else "", "precreate")

@@ -78,7 +78,7 @@ def prestart(raw: bytes, config: Config, preloaded: Preloaded | None = None,
     try:
         path = delegate.find(config.delegate)
     except DelegateError:
-        if decision.granted:
+        if decision.attached:
             raise
         path = None  # nothing granted: NVIDIA's hook would have nothing to do
     if decision.outcome is Outcome.REWRITE:

@@ -245,7 +245,7 @@ def wants_nvidia_hook(evaluation: Evaluation, doc: Mapping[str, Any], config: Co
         return False
     if _has_nvidia_hook(doc):
         return False
-    if decision.granted:
+    if decision.attached:
         return True
     final = spec_mod.from_document(evaluation.spec.path, dict(doc))
     return parse(final, config.swarm_resource).env.devices.kind is Kind.NONE
@@ -365,7 +365,7 @@ def prepare_create(call: RuntimeCall, config_option: str | None) -> str | None:
         return None
     config = config_mod.load(config_option)
     spec = spec_mod.from_document(path, doc)
-    evaluation = evaluate(spec, config)
+    evaluation = evaluate(spec, config, before_create=True)
     # No pid before create: the lease is bound to the bundle until nvhook's prestart
     # hook (inserted below) records the container's init pid.
     bundle = (call.bundle or path.parent).absolute()

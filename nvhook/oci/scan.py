@@ -49,14 +49,60 @@ def may_request_gpu(doc: Mapping[str, Any], extra_env_names: Sequence[str] = ())
     elif annotations is not None:
         return True
     linux = doc.get("linux")
-    devices = linux.get("devices") if isinstance(linux, dict) else None
+    if linux is None:
+        return False
+    if not isinstance(linux, dict):
+        return True
+    devices = linux.get("devices")
     if isinstance(devices, list):
         for d in devices:
-            if not isinstance(d, dict) or str(d.get("path", "")).startswith("/dev/nvidia"):
+            if not isinstance(d, dict) or _node_may_be_nvidia(d):
                 return True
     elif devices is not None:
         return True
+    resources = linux.get("resources")
+    rules = resources.get("devices") if isinstance(resources, dict) else None
+    if isinstance(rules, list):
+        for r in rules:
+            if not isinstance(r, dict) or _rule_may_open_nvidia(r):
+                return True
+    elif rules is not None or (resources is not None and not isinstance(resources, dict)):
+        return True
     return False
+
+
+# Char majors an engine's default devices use (mem, tty, console/ptmx, misc, pts) and
+# that are never NVIDIA's. NVIDIA's are 195 (fixed) and the dynamic ones the kernel hands
+# nvidia-caps and nvidia-uvm (234-254, 384-511): those, and anything unusual, go to the
+# full path, which reads /proc/devices (``gpus.devnodes``).
+_STATIC_MAJORS = frozenset({1, 4, 5, 10, 136})
+
+
+def _node_may_be_nvidia(d: dict) -> bool:
+    kind, major, minor = d.get("type"), d.get("major", 0), d.get("minor", 0)
+    if kind in ("b", "p"):
+        return False
+    if type(major) is not int or type(minor) is not int:
+        return True  # let the full path report the bad field
+    # mknod keeps the low 12 bits of the major (gpus.devnodes.kernel_number).
+    return (major & 0xFFF) not in _STATIC_MAJORS
+
+
+def _rule_may_open_nvidia(r: dict) -> bool:
+    allow = r.get("allow")
+    if allow is not True:
+        return allow is not None and type(allow) is not bool  # the full path says so
+    access = r.get("access")
+    if not isinstance(access, str) or (access and "r" not in access and "w" not in access):
+        return not isinstance(access, str)
+    if r.get("type") == "b":
+        return False
+    major = r.get("major")
+    if major is None:
+        return True  # every major, 195 included
+    if type(major) is not int:
+        return True
+    return major < 0 or (major & 0xFFFFFFFF) not in _STATIC_MAJORS
 
 
 class GoWouldDiffer(ValueError):

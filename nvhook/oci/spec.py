@@ -34,6 +34,54 @@ class Mount:
     destination: str
 
 
+INT64 = (-(1 << 63), (1 << 63) - 1)
+UINT32 = (0, (1 << 32) - 1)
+
+
+@dataclass(frozen=True)
+class DeviceNode:
+    """A ``linux.devices`` entry, as Go reads it (``major``/``minor`` int64, absent = 0).
+
+    The path is the spec author's choice; only type and number say which device it is.
+    """
+
+    index: int  # its position in linux.devices, for labels and rewrites
+    path: str
+    type: str
+    major: int
+    minor: int
+    file_mode: int | None = None
+    uid: int | None = None
+    gid: int | None = None
+
+    @property
+    def label(self) -> str:
+        return f"linux.devices[{self.index}] {self.path} ({self.type} {self.major}:{self.minor})"
+
+
+@dataclass(frozen=True)
+class DeviceRule:
+    """A ``linux.resources.devices`` cgroup rule. ``major``/``minor`` None: absent (runc reads
+    absent as -1, the wildcard); ``type`` "" reads as "a" (all)."""
+
+    index: int
+    allow: bool
+    type: str
+    major: int | None
+    minor: int | None
+    access: str
+
+    @property
+    def label(self) -> str:
+        def number(n: int | None) -> str:
+            return "*" if n is None or n < 0 else str(n)
+
+        verb = "allow" if self.allow else "deny"
+        kind = self.type or "a"
+        return (f"linux.resources.devices[{self.index}] {verb} {kind} "
+                f"{number(self.major)}:{number(self.minor)} {self.access}")
+
+
 @dataclass(frozen=True, eq=False)
 class Spec:
     """The parts of an OCI runtime spec that can ask for a GPU.
@@ -49,12 +97,17 @@ class Spec:
     bounding_caps: frozenset[str]
     mounts: tuple[Mount, ...]
     annotations: Mapping[str, str]
-    device_paths: tuple[str, ...]
+    device_nodes: tuple[DeviceNode, ...]
+    device_rules: tuple[DeviceRule, ...]
     root_path: str | None
 
     @property
     def bundle(self) -> Path:
         return self.path.parent
+
+    @property
+    def device_paths(self) -> tuple[str, ...]:
+        return tuple(d.path for d in self.device_nodes)
 
 
 def read_bytes(path: Path) -> bytes:
@@ -129,11 +182,7 @@ def from_document(path: Path, doc: dict[str, Any]) -> Spec:
         if not isinstance(value, str):
             raise SpecError(f"{path}: annotations.{key}: expected a string, got {_kind(value)}")
     linux = _field(path, doc, "linux", dict, {})
-    devices = []
-    for i, d in enumerate(_field(path, linux, "devices", list, [], "linux.devices")):
-        if not isinstance(d, dict):
-            raise SpecError(f"{path}: linux.devices[{i}]: expected an object, got {_kind(d)}")
-        devices.append(_field(path, d, "path", str, "", f"linux.devices[{i}].path"))
+    nodes, rules = _devices(path, linux)
     root = _field(path, doc, "root", dict, {})
     root_path = _field(path, root, "path", str, None, "root.path")
     return Spec(
@@ -143,9 +192,59 @@ def from_document(path: Path, doc: dict[str, Any]) -> Spec:
         bounding_caps=frozenset(bounding),
         mounts=tuple(mounts),
         annotations=dict(annotations),
-        device_paths=tuple(devices),
+        device_nodes=nodes,
+        device_rules=rules,
         root_path=root_path,
     )
+
+
+def _devices(path: Path, linux: Mapping[str, Any]
+             ) -> tuple[tuple[DeviceNode, ...], tuple[DeviceRule, ...]]:
+    """``linux.devices`` and ``linux.resources.devices`` with the types Go decodes them into
+    (runtime-spec's LinuxDevice and LinuxDeviceCgroup): a value Go would refuse is refused
+    here with its field named, so nvhook never judges a document runc reads otherwise."""
+    nodes = []
+    for i, d in enumerate(_field(path, linux, "devices", list, [], "linux.devices")):
+        at = f"linux.devices[{i}]"
+        if not isinstance(d, dict):
+            raise SpecError(f"{path}: {at}: expected an object, got {_kind(d)}")
+        nodes.append(DeviceNode(
+            index=i,
+            path=_field(path, d, "path", str, "", f"{at}.path"),
+            type=_field(path, d, "type", str, "", f"{at}.type"),
+            major=_integer(path, d, "major", at, INT64, 0),
+            minor=_integer(path, d, "minor", at, INT64, 0),
+            file_mode=_integer(path, d, "fileMode", at, UINT32, None),
+            uid=_integer(path, d, "uid", at, UINT32, None),
+            gid=_integer(path, d, "gid", at, UINT32, None),
+        ))
+    resources = _field(path, linux, "resources", dict, {}, "linux.resources")
+    rules = []
+    for i, r in enumerate(_field(path, resources, "devices", list, [],
+                                 "linux.resources.devices")):
+        at = f"linux.resources.devices[{i}]"
+        if not isinstance(r, dict):
+            raise SpecError(f"{path}: {at}: expected an object, got {_kind(r)}")
+        rules.append(DeviceRule(
+            index=i,
+            allow=_field(path, r, "allow", bool, False, f"{at}.allow"),
+            type=_field(path, r, "type", str, "", f"{at}.type"),
+            major=_integer(path, r, "major", at, INT64, None),
+            minor=_integer(path, r, "minor", at, INT64, None),
+            access=_field(path, r, "access", str, "", f"{at}.access"),
+        ))
+    return tuple(nodes), tuple(rules)
+
+
+def _integer(path: Path, obj: Mapping[str, Any], key: str, at: str,
+             bounds: tuple[int, int], default: int | None) -> int | None:
+    """An integer field as Go decodes it: a JSON float (``1.0``) or a value out of the Go
+    type's range is an error there, so it is one here."""
+    value = _field(path, obj, key, int, default, f"{at}.{key}")
+    if value is not None and not bounds[0] <= value <= bounds[1]:
+        kind = "int64" if bounds == INT64 else "uint32"
+        raise SpecError(f"{path}: {at}.{key}: {value} is out of range for {kind}")
+    return value
 
 
 def write_atomic(path: Path, doc: Mapping[str, Any]) -> None:
@@ -222,7 +321,8 @@ def _string_list(path: Path, obj: Mapping[str, Any], key: str, where: str) -> li
 
 
 def _kind_name(kind: type) -> str:
-    return {dict: "an object", list: "an array", str: "a string", int: "an integer"}.get(
+    return {dict: "an object", list: "an array", str: "a string", int: "an integer",
+            bool: "a boolean"}.get(
         kind, kind.__name__
     )
 

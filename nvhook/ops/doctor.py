@@ -88,7 +88,9 @@ def run(opts: Options) -> tuple[Check, ...]:
     checks += _nvidia_settings(opts, config)
     checks += _hooks_d(opts, config)
     checks += _engines(opts)
-    checks += [policy_check, _audit(config, opts.host_root), _syslog(config, opts.host_root),
+    checks += [policy_check, *(Check(Level.WARN, "policy", f"deprecated: {note}")
+                               for note in config.deprecations),
+               _audit(config, opts.host_root), _syslog(config, opts.host_root),
                _leases(config),
                *_leases_dir(config), *_install()]
     checks += kubernetes_checks(config)
