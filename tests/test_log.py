@@ -16,29 +16,31 @@ from conftest import NVHOOK, Node, runc_state, write_bundle
 from nvhook.errors import ExitStatus
 from nvhook.ops import log as log_mod
 
-NOW = datetime.now(UTC)
-
-
-def stamp(ago: timedelta) -> str:
-    return (NOW - ago).isoformat(timespec="milliseconds")
+NOW = datetime.now(UTC)  # absolute --since values are fixed against it, as is LOG
 
 
 def e(ago: timedelta, decision: str, container: str, ns: str | None = None,
-      pod: str | None = None, **extra: Any) -> dict[str, Any]:
-    return {"time": stamp(ago), "container": container, "namespace": ns, "pod": pod,
-            "pod_container": "main" if pod else None, "stage": "prestart",
-            "decision": decision, "granted": [], "reasons": [], **extra}
+      pod: str | None = None, now: datetime = NOW, **extra: Any) -> dict[str, Any]:
+    return {"time": (now - ago).isoformat(timespec="milliseconds"), "container": container,
+            "namespace": ns, "pod": pod, "pod_container": "main" if pod else None,
+            "stage": "prestart", "decision": decision, "granted": [], "reasons": [], **extra}
 
 
 VOID = {"outcome": "void: no GPU allocated by the kubelet, the request was replaced by void"}
-LOG = [
-    e(timedelta(days=3), "deny", "old", "team-a", "train",
-      reasons=['NVIDIA_VISIBLE_DEVICES=all: no (policy.all = "never")']),
-    e(timedelta(hours=3), "allow", "a1", "team-a", "train", granted=["GPU-1"]),
-    e(timedelta(hours=1), "rewrite", "v1", "team-b", "cpu", allocation=VOID),
-    e(timedelta(minutes=5), "deny", "d1", "team-b", "infer", reasons=["mount: no"]),
-    e(timedelta(minutes=1), "release", "d0", leases={"released": ["GPU-2"]}),
-]
+
+
+def log_at(now: datetime) -> list[dict[str, Any]]:
+    return [
+        e(timedelta(days=3), "deny", "old", "team-a", "train", now,
+          reasons=['NVIDIA_VISIBLE_DEVICES=all: no (policy.all = "never")']),
+        e(timedelta(hours=3), "allow", "a1", "team-a", "train", now, granted=["GPU-1"]),
+        e(timedelta(hours=1), "rewrite", "v1", "team-b", "cpu", now, allocation=VOID),
+        e(timedelta(minutes=5), "deny", "d1", "team-b", "infer", now, reasons=["mount: no"]),
+        e(timedelta(minutes=1), "release", "d0", now=now, leases={"released": ["GPU-2"]}),
+    ]
+
+
+LOG = log_at(NOW)
 
 
 def write_log(path: Path, docs: list[dict[str, Any]], extra: bytes = b"") -> Path:
@@ -69,7 +71,7 @@ def containers(out: str) -> list[str]:
                  id="--decision repeated"),
     pytest.param(["--since", "10m"], ["d1", "d0"], id="--since 10m"),
     pytest.param(["--since", "2h"], ["v1", "d1", "d0"], id="--since 2h"),
-    pytest.param(["--since", "90s"], ["d0"], id="--since 90s"),
+    pytest.param(["--since", "240s"], ["d0"], id="--since 240s"),
     pytest.param(["--since", "1d"], ["a1", "v1", "d1", "d0"], id="--since 1d"),
     pytest.param(["--since", (NOW - timedelta(hours=2)).isoformat()], ["v1", "d1", "d0"],
                  id="--since ISO with zone"),
@@ -86,7 +88,11 @@ def containers(out: str) -> list[str]:
     pytest.param(["--pod", "team-c/none"], [], id="nothing matches: no output, exit 0"),
 ])
 def test_filters(tmp_path: Path, args: list[str], expected: list[str]) -> None:
-    log = write_log(tmp_path / "audit.jsonl", LOG)
+    # A span back from now is measured from when the command runs: the log is dated from
+    # just before, and every entry a span keeps is minutes inside it (one it drops stays
+    # dropped however long the run takes).
+    relative = any(log_mod.RELATIVE.fullmatch(a) for a in args)
+    log = write_log(tmp_path / "audit.jsonl", log_at(datetime.now(UTC)) if relative else LOG)
     proc = nvhook_log(["--file", str(log), *args])
     assert (proc.returncode, proc.stderr) == (0, ""), proc.stderr
     assert containers(proc.stdout) == expected
