@@ -50,13 +50,14 @@ class Install:
                 "python": self.python_version}
 
 
-def pip(*args: str | Path, python: Path | None = None) -> None:
+def pip(*args: str | Path, python: Path | None = None,
+        env: dict[str, str] | None = None) -> None:
     """This interpreter's pip, installing into ``python``'s environment when given."""
     cmd = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
     if python is not None:
         cmd += ["--python", str(python)]
     proc = subprocess.run([*cmd, *map(str, args)], capture_output=True, text=True,
-                          timeout=600, check=False, stdin=subprocess.DEVNULL)
+                          timeout=600, check=False, stdin=subprocess.DEVNULL, env=env)
     if proc.returncode != 0:
         lines = [ln for ln in proc.stderr.splitlines() if "is ignored" not in ln]
         raise RuntimeError(f"pip {' '.join(map(str, args))} failed:\n" + "\n".join(lines[-20:]))
@@ -78,10 +79,12 @@ def build_wheel(work: Path) -> Path:
     return wheel
 
 
-def install(prefix: Path, *, deps: Deps = Deps.INDEX, with_pip: bool = True) -> Install:
-    """Build the checkout's wheel and install it, not editable, into a new venv at ``prefix``.
-    ``with_pip``: a venv as ``python -m venv`` makes it (an operator's), else a bare one."""
-    wheel = build_wheel(prefix.with_name(prefix.name + "-build"))
+def install(prefix: Path, *, deps: Deps = Deps.INDEX, with_pip: bool = True,
+            wheel: Path | None = None) -> Install:
+    """Install the checkout's wheel (built here unless given), not editable, into a new venv
+    at ``prefix``. ``with_pip``: a venv as ``python -m venv`` makes it (an operator's), else
+    a bare one."""
+    wheel = wheel or build_wheel(prefix.with_name(prefix.name + "-build"))
     base = getattr(sys, "_base_executable", sys.executable)
     venv = [base, "-m", "venv", *([] if with_pip else ["--without-pip"]), str(prefix)]
     subprocess.run(venv, check=True, capture_output=True, timeout=300)

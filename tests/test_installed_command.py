@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -21,10 +22,16 @@ HEAVY = ("re", "json", "typing", "dataclasses", "enum", "typer", "click", "pynvm
 
 
 @pytest.fixture(scope="module")
-def installed(tmp_path_factory: pytest.TempPathFactory) -> regular_install.Install:
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return regular_install.build_wheel(tmp_path_factory.mktemp("wheel"))
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory, wheel: Path) -> regular_install.Install:
     prefix = tmp_path_factory.mktemp("regular") / "venv"
     # Dependencies from this interpreter's site-packages: the test needs no index.
-    return regular_install.install(prefix, deps=regular_install.Deps.RUNNING, with_pip=False)
+    return regular_install.install(prefix, deps=regular_install.Deps.RUNNING, with_pip=False,
+                                   wheel=wheel)
 
 
 def clean_env(node: Node, **extra: str) -> dict[str, str]:
@@ -124,6 +131,29 @@ def test_runs_as_python_minus_I(installed: regular_install.Install, node: Node,
         probe = subprocess.run([venv / "bin" / "python", "-P", "-c", "import nvhook"],
                                capture_output=True, env=env, timeout=60, check=False)
         assert probe.returncode == 99
+    proc = subprocess.run([script, "--version"], capture_output=True, env=env, timeout=60,
+                          check=False)
+    assert (proc.returncode, proc.stdout.decode().strip(), proc.stderr) == (0, "nvhook 0.1.0",
+                                                                            b"")
+
+
+@pytest.mark.parametrize("extra", [
+    pytest.param({}, id="engine's clean env: runs in place"),
+    pytest.param({"PYTHONDONTWRITEBYTECODE": "1"}, id="a PYTHON* variable: restarts with -E -P"),
+])
+def test_a_user_install_still_finds_itself(node: Node, tmp_path: Path, wheel: Path,
+                                           extra: dict[str, str]) -> None:
+    """`pip install --user` puts nvhook in the user site, which `-I` would hide."""
+    home = tmp_path / "home"
+    env = clean_env(node, HOME=str(home), **extra)
+    base = Path(getattr(sys, "_base_executable", sys.executable))
+    # The user site of a throwaway HOME: nothing of the system's is touched.
+    regular_install.pip("install", "--user", "--no-deps", "--break-system-packages", wheel,
+                        python=base, env=env)
+    user_site = home / ".local" / "lib" / python_dir() / "site-packages"
+    (user_site / "nvhook-test-deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    script = home / ".local" / "bin" / "nvhook"
+    assert script.read_text().startswith("#!")
     proc = subprocess.run([script, "--version"], capture_output=True, env=env, timeout=60,
                           check=False)
     assert (proc.returncode, proc.stdout.decode().strip(), proc.stderr) == (0, "nvhook 0.1.0",
