@@ -11,14 +11,16 @@ from typing import Any
 
 import pytest
 import yaml
-from fakenvml import GPU0_UUID
+from fakenvml import GPU0_UUID, GPU1_UUID
 from kubelet import Ctr, TestKubelet, containerd_annotations
 from test_kube import KubeNode
 
 from nvhook.decision.decide import Outcome
+from nvhook.decision.evaluate import evaluate
 from nvhook.errors import AllocationError
 from nvhook.kube import cdi
 from nvhook.kube.allocation import Allocation
+from nvhook.oci.spec import from_document
 
 P = pytest.param
 UID = "3c2b1a09-8f7e-4d6c-9b5a-4f3e2d1c0b9a"
@@ -229,3 +231,39 @@ def test_explain_pod_shows_the_claims(kube: KubeNode, dirs: tuple[Path, Path]) -
     assert [c["cdi_devices"] for c in view["containers"]] == [[f"{KIND}=c1-gpu-0"],
                                                                [f"{KIND}=c2-gpu-1"]]
     assert "CDI devices (DRA): " + f"{KIND}=c1-gpu-0" in explain.pod_text(view)
+
+
+def judge_nodes(kube: KubeNode, dirs: tuple[Path, Path], *minors: int) -> Any:
+    """The container as containerd hands it to runc after applying its claim's CDI names:
+    the claim's device nodes in linux.devices (and no GPU in the env)."""
+    doc = {"ociVersion": "1.0.2", "process": {"env": [f"{VISIBLE}=void"]},
+           "annotations": containerd_annotations("ml", "dra", UID, "main"),
+           "linux": {"devices": [{"path": f"/dev/nvidia{m}", "type": "c", "major": 195,
+                                  "minor": m} for m in minors]}}
+    spec = from_document(kube.root / "config.json", doc)
+    return evaluate(spec, kube.config(**{"cdi-spec-dirs": [str(d) for d in dirs]}),
+                    kube.inventory)
+
+
+@pytest.mark.parametrize(("claim_minor", "node_minors", "outcome", "granted", "problem"), [
+    P(0, [0], Outcome.ALLOW, [GPU0_UUID], None, id="the claim's GPU node: allowed"),
+    P(1, [1], Outcome.ALLOW, [GPU1_UUID], None, id="another GPU by its minor: allowed"),
+    P(0, [1], Outcome.DENY, [], "is not allocated", id="a GPU node outside the claim"),
+    P(0, [0, 1], Outcome.DENY, [], "is not allocated", id="the claim's node and one more"),
+    P(7, [0], Outcome.DENY, [], "not a live device", id="a claim node no live GPU has"),
+])
+def test_dra_gpus_count_as_allocated(kube: KubeNode, dirs: tuple[Path, Path],
+                                     claim_minor: int, node_minors: list[int],
+                                     outcome: Outcome, granted: list[str],
+                                     problem: str | None) -> None:
+    write(dirs[1] / "c1.json", claim_spec("c1", claim_minor) | {"devices": [
+        {"name": "c1-gpu-0", "containerEdits": {"deviceNodes": [
+            {"path": "/dev/nvidia-claim", "type": "c", "major": 195, "minor": claim_minor}]}}]})
+    e = judge_nodes(kube, dirs, *node_minors)
+    d = e.decision
+    assert d.outcome is outcome, d.reasons
+    assert list(d.granted) == granted
+    if problem is not None:
+        assert problem in d.denial and "\n" not in d.denial, d.denial
+    else:
+        assert e.allocation_json()["allocated"] == granted

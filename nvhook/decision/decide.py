@@ -172,6 +172,7 @@ def allocated_devices(allocation: Allocation, inventory: Inventory
 
     Ids are UUIDs, MIG UUIDs or (``--device-id-strategy=index``) indices, resolved as the
     env channel resolves them; ``all`` or a PCI id is not something the plugin hands out.
+    DRA claims add the devices their CDI device nodes are, by major:minor.
     """
     devices: dict[str, Device] = {}
     dead = []
@@ -185,6 +186,12 @@ def allocated_devices(allocation: Allocation, inventory: Inventory
             dead.append(device_id)
             continue
         devices.update((d.uuid, d) for d in res.devices)
+    # DRA: the claims' CDI device nodes, by number (nvidiactl and the like attach no GPU).
+    for item in devnodes.resolve(allocation.dra_reaches, inventory).items:
+        if item.kind in (Reached.NOT_LIVE, Reached.UNKNOWN):
+            dead.append(f"DRA node {item.reach.label.partition('] ')[2]}"
+                        + (f" ({item.reach.why})" if item.reach.why else ""))
+        devices.update((d.uuid, d) for d in item.devices)
     return tuple(devices.values()), tuple(dead)
 
 

@@ -91,9 +91,16 @@ def evaluate(spec: Spec, config: Config, inventory_file: Path | None = None,
             allocation = allocation_mod.lookup(config.kubernetes, identity)
         except AllocationError as e:
             allocation = e
+        if isinstance(allocation, Allocation) and allocation.dra:
+            # DRA devices are CDI device nodes: what they are is their number on this host.
+            dra_host = host if host is not NO_HOST else devnodes.load_host(
+                config.inventory.proc_devices, config.inventory.mig_minors)
+            allocation = dataclasses.replace(allocation, dra_reaches=devnodes.classify(
+                allocation.dra_nodes(), (), dra_host))
     inventory: Inventory | InventoryError | None = None
     if request.asks_for_devices and (
-        needs_inventory(request) or (isinstance(allocation, Allocation) and allocation.ids)
+        needs_inventory(request) or (isinstance(allocation, Allocation)
+                                     and bool(allocation.ids or allocation.dra_reaches))
     ):
         inventory = read_inventory(config, inventory_file)
     decision = decide(

@@ -18,8 +18,10 @@ from typing import TYPE_CHECKING, Any
 from nvhook.errors import AllocationError
 from nvhook.kube import cdi, checkpoint
 from nvhook.kube.identity import Identity
+from nvhook.oci.spec import DeviceNode
 
 if TYPE_CHECKING:  # podresources imports grpc: the GPU path only
+    from nvhook.gpus.devnodes import Reach
     from nvhook.kube.podresources import Claim
 
 PODRESOURCES = "podresources"
@@ -69,6 +71,15 @@ class Allocation:
     # DRA: the CDI names of the container's claims, with their char device numbers.
     dra: tuple[DraDevice, ...] = ()
     notes: tuple[str, ...] = field(default=(), compare=False)
+    # The DRA nodes by number, classified with the host's numbering (evaluate sets it;
+    # the decision maps them onto the inventory: they then count as allocated).
+    dra_reaches: tuple[Reach, ...] = field(default=(), compare=False)
+
+    def dra_nodes(self) -> tuple[DeviceNode, ...]:
+        """The claims' char device nodes, as ``linux.devices`` entries would carry them."""
+        numbers = [n for d in self.dra for n in d.resolved.nodes]
+        return tuple(DeviceNode(i, path, "c", major, minor)
+                     for i, (path, major, minor) in enumerate(numbers))
 
     @property
     def ids(self) -> tuple[str, ...]:

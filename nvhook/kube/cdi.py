@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nvhook import bounded
 from nvhook.errors import AllocationError
-from nvhook.fileops import TooLarge, read_bounded
 
 SPEC_DIRS = (Path("/etc/cdi"), Path("/var/run/cdi"))
 # A spec is a few KiB; a node's spec directories hold a handful of them.
@@ -216,11 +216,11 @@ def load(dirs: Iterable[Path]) -> Registry:
         for n in names:
             path = d / n
             try:
-                spec = parse(read_bounded(path, MAX_SPEC_BYTES), path)
-            except (AllocationError, TooLarge) as e:
+                spec = parse(bounded.read(path, MAX_SPEC_BYTES), path)
+            except AllocationError as e:
                 errors.append(str(e).removeprefix("CDI spec "))
                 continue
-            except OSError as e:
+            except OSError as e:  # unreadable, too large, a FIFO or a directory
                 errors.append(f"{path}: {e.strerror}")
                 continue
             for device in spec.devices:

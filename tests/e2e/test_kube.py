@@ -57,6 +57,8 @@ class Case:
     policy: str = ""
     kube: dict[str, object] = field(default_factory=dict)
     cgroup_uid: str | None = None
+    # GPU minors of linux.devices, as containerd writes them after applying a claim's CDI names
+    node_minors: tuple[int, ...] = ()
 
 
 def cd(pod: str, ns: str, uid: str, ctr: str = "main", **kw: bool) -> dict[str, str]:
@@ -99,6 +101,11 @@ CASES = [
            "none"), id="DRA: its own claim's CDI name"),
     P(Case(f"{VISIBLE}=none", {**cd("dra", "ml", UID_B), "cdi.k8s.io/claim": DRA_OTHER},
            False, denial="belongs to another DRA claim"), id="DRA: another claim's CDI name"),
+    P(Case(f"{VISIBLE}=none", cd("dra", "ml", UID_B), True, "none", node_minors=(0,)),
+      id="DRA: the claim's GPU node runs"),
+    P(Case(f"{VISIBLE}=none", cd("dra", "ml", UID_B), False, node_minors=(1,),
+           denial="is not allocated to this container"),
+      id="DRA: a GPU node outside the claim is denied"),
     P(Case(f"{VISIBLE}={GPU0}", cd("dra-gone", "ml", UID_B), False,
            denial="is in no readable CDI spec"), id="DRA: a claim without its CDI spec"),
 ]
@@ -179,6 +186,12 @@ def test_runc(case: Case, kubelet: TestKubelet, bundle_factory: BundleFactory,
                             annotations=case.annotations)
     cid = new_container_id()
     top = f"nvhook-e2e-{cid}"
+    if case.node_minors:
+        doc = json.loads((bundle / "config.json").read_text())
+        doc.setdefault("linux", {})["devices"] = [
+            {"path": f"/dev/nvidia{m}", "type": "c", "major": 195, "minor": m,
+             "fileMode": 0o666, "uid": 0, "gid": 0} for m in case.node_minors]
+        (bundle / "config.json").write_text(json.dumps(doc))
     if case.cgroup_uid is not None:
         doc = json.loads((bundle / "config.json").read_text())
         # The kubelet's cgroupfs layout, under a test-owned top so it can be removed.
