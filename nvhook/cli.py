@@ -16,7 +16,7 @@ import typer.main
 
 from nvhook import config as config_mod
 from nvhook.errors import ExitStatus, UsageError
-from nvhook.exits import guard
+from nvhook.exits import guard, stdout_reader_gone, stop_quietly
 
 if TYPE_CHECKING:
     from nvhook.ops import install as install_mod
@@ -44,8 +44,16 @@ def run(argv: list[str]) -> None:
     """Run the typer app. A usage error (unknown command or option, a missing option or
     value) is one ``nvhook: ...`` line and exit 2, like every other failure; everything a
     command raises has already gone through ``_guard``."""
-    status = _guard(lambda: _invoke(argv))
+    status = _guard(lambda: _invoke_flushed(argv))
     sys.exit(status if isinstance(status, int) else 0)
+
+
+def _invoke_flushed(argv: list[str]) -> object:
+    """Flushed inside the guard: a reader that went away (``| head``) is then a quiet
+    exit, not an error in the interpreter's flush at exit."""
+    status = _invoke(argv)
+    sys.stdout.flush()
+    return status
 
 
 def _invoke(argv: list[str]) -> object:
@@ -54,6 +62,12 @@ def _invoke(argv: list[str]) -> object:
     usage_error, no_args, click_error = _click_errors()
     try:
         return app(args=argv, prog_name="nvhook", standalone_mode=False)
+    except SystemExit as e:
+        # typer's own EPIPE handling (its --help, say) exits 1; the reader left, nothing
+        # failed: the status every other command gives then.
+        if e.code == 1 and stdout_reader_gone():
+            stop_quietly()
+        raise
     except no_args as e:  # `nvhook`, `nvhook config`: the help, as click prints it
         print(e.ctx.get_help() if e.ctx else e.format_message())
         return int(ExitStatus.USAGE)

@@ -24,6 +24,7 @@ class ExitStatus(IntEnum):
     WRITE = 9  # a file nvhook rewrites could not be written
     DOCTOR = 10  # `nvhook doctor` found a failing check
     LOG = 11  # `nvhook log`: the audit log is missing or cannot be read
+    PIPE = 141  # stdout closed early (`| head`): 128 + SIGPIPE, as the shell reports it
 
 
 EXIT_MEANINGS: dict[ExitStatus, str] = {
@@ -41,6 +42,8 @@ EXIT_MEANINGS: dict[ExitStatus, str] = {
     ExitStatus.WRITE: "a file nvhook rewrites could not be written",
     ExitStatus.DOCTOR: "nvhook doctor found a failing check",
     ExitStatus.LOG: "nvhook log: the audit log is missing, off or cannot be read",
+    ExitStatus.PIPE: "the reader of stdout went away (nvhook log | head): nvhook stops "
+                     "quietly, with the status a shell gives a command SIGPIPE ended",
 }
 """What each status means, for ``--help``'s man page and ``docs/exit-codes.md``."""
 

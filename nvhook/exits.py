@@ -6,6 +6,8 @@ Shared by the typer app (``cli``) and the hook's typer-free path
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 from collections.abc import Callable
 from typing import NoReturn, TypeVar
@@ -35,6 +37,28 @@ def describe(exc: BaseException) -> tuple[str, ExitStatus, tuple[str, ...]]:
     return f"internal error: {type(exc).__name__}: {exc}", ExitStatus.INTERNAL, ()
 
 
+def stop_quietly() -> NoReturn:
+    """stdout's reader is gone (``| head``): nothing is wrong, so nothing is said. stdout
+    is pointed at /dev/null first, or the interpreter's own flush at exit would fail again
+    and print its "Exception ignored" lines."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)
+    sys.exit(int(ExitStatus.PIPE))
+
+
+def stdout_reader_gone() -> bool:
+    """Whether fd 1 is a pipe whose reader has closed it (poll reports POLLERR)."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(1, 0)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (OSError, ValueError):
+        return False
+
+
 def guard(fn: Callable[[], T], passthrough: tuple[type[BaseException], ...] = ()) -> T:
     """Run ``fn``; every exception becomes one stderr line and an exit status, except
     SystemExit and the ``passthrough`` types (the CLI's ``typer.Exit``)."""
@@ -43,6 +67,8 @@ def guard(fn: Callable[[], T], passthrough: tuple[type[BaseException], ...] = ()
     except SystemExit:
         raise
     except (Exception, KeyboardInterrupt) as e:  # a bug is still one line, never a traceback
+        if isinstance(e, BrokenPipeError) and stdout_reader_gone():
+            stop_quietly()  # `| head` left: not an error (a socket's EPIPE still is)
         if isinstance(e, passthrough) and not isinstance(e, NvhookError):
             raise
         fail(*describe(e))
