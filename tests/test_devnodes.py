@@ -18,11 +18,11 @@ from builders import (
     document,
     fake_inventory,
     host,
-    node,
     policy,
     rule,
     spec_from,
 )
+from builders import node as dev
 from conftest import Node, runc_state
 from fakenvml import GPU0_UUID, GPU1_UUID, MIG_A_UUID, MIG_B_UUID
 
@@ -57,25 +57,25 @@ def summary(e: devnodes.Exposure) -> list[tuple[str, tuple[str, ...]]]:
 # -- the mapping ---------------------------------------------------------------------------
 
 MAPPING = [
-    P([node("/dev/./nvidia0", 195, 0)], [], [("gpu", (G0,))], id="/dev/./nvidia0 195:0"),
-    P([node("//dev/nvidia0", 195, 0)], [], [("gpu", (G0,))], id="//dev/nvidia0 195:0"),
-    P([node("/dev/gpu0", 195, 0)], [], [("gpu", (G0,))], id="/dev/gpu0 195:0"),
-    P([node("/dev/nvidia0", 195, 1)], [], [("gpu", (G1,))], id="the path lies, the number wins"),
-    P([node("/dev/nvidia-modeset", 195, 254)], [], [("control", ())], id="195:254 modeset"),
-    P([node("/dev/nvidiactl", 195, 255)], [], [("control", ())], id="195:255 nvidiactl"),
-    P([node("/dev/nvidia-uvm", UVM_MAJOR, 0)], [], [("control", ())], id="a uvm node"),
-    P([node("/dev/x", 195, 0, kind="b")], [], [], id="block type 195 is not NVIDIA's"),
-    P([node("/dev/x", 10, 0)], [], [], id="another major is ignored"),
-    P([node("/dev/nvidia5", 195, 5)], [], [("not-live", ())], id="a minor no GPU has"),
-    P([node("/dev/x", 195 + 4096, 1)], [], [("gpu", (G1,))],
+    P([dev("/dev/./nvidia0", 195, 0)], [], [("gpu", (G0,))], id="/dev/./nvidia0 195:0"),
+    P([dev("//dev/nvidia0", 195, 0)], [], [("gpu", (G0,))], id="//dev/nvidia0 195:0"),
+    P([dev("/dev/gpu0", 195, 0)], [], [("gpu", (G0,))], id="/dev/gpu0 195:0"),
+    P([dev("/dev/nvidia0", 195, 1)], [], [("gpu", (G1,))], id="the path lies, the number wins"),
+    P([dev("/dev/nvidia-modeset", 195, 254)], [], [("control", ())], id="195:254 modeset"),
+    P([dev("/dev/nvidiactl", 195, 255)], [], [("control", ())], id="195:255 nvidiactl"),
+    P([dev("/dev/nvidia-uvm", UVM_MAJOR, 0)], [], [("control", ())], id="a uvm node"),
+    P([dev("/dev/x", 195, 0, kind="b")], [], [], id="block type 195 is not NVIDIA's"),
+    P([dev("/dev/x", 10, 0)], [], [], id="another major is ignored"),
+    P([dev("/dev/nvidia5", 195, 5)], [], [("not-live", ())], id="a minor no GPU has"),
+    P([dev("/dev/x", 195 + 4096, 1)], [], [("gpu", (G1,))],
       id="mknod keeps 12 bits of the major"),
-    P([node("/dev/nvidia1", 195, 1), node("/dev/nvidia-caps/nvidia-cap12", CAPS_MAJOR, 12),
-       node("/dev/nvidia-caps/nvidia-cap13", CAPS_MAJOR, 13)], [],
+    P([dev("/dev/nvidia1", 195, 1), dev("/dev/nvidia-caps/nvidia-cap12", CAPS_MAJOR, 12),
+       dev("/dev/nvidia-caps/nvidia-cap13", CAPS_MAJOR, 13)], [],
       [("mig", (MA,)), ("mig", (MA,)), ("mig", (MA,))],
       id="caps nodes of a MIG device: the parent node is part of it"),
-    P([node("/dev/c", CAPS_MAJOR, 21)], [], [("mig", (MB,))], id="a GI cap alone: its MIG device"),
-    P([node("/dev/c", CAPS_MAJOR, 1)], [], [("mig-management", ())], id="the MIG config cap"),
-    P([node("/dev/c", CAPS_MAJOR, 77)], [], [("not-live", ())], id="a cap minor not in mig-minors"),
+    P([dev("/dev/c", CAPS_MAJOR, 21)], [], [("mig", (MB,))], id="a GI cap alone: its MIG device"),
+    P([dev("/dev/c", CAPS_MAJOR, 1)], [], [("mig-management", ())], id="the MIG config cap"),
+    P([dev("/dev/c", CAPS_MAJOR, 77)], [], [("not-live", ())], id="a cap minor not in mig-minors"),
     P([], [rule(True, "c", 195, None, "rwm")], [("all", (G0, G1, MA, MB))],
       id="a wildcard 195 rule is all"),
     P([], [rule(True, None, None, None, "rwm")], [("all", (G0, G1, MA, MB))],
@@ -95,7 +95,7 @@ def test_mapping(nodes, rules, expected):
 
 
 def test_privileged_every_device_is_one_reach():
-    e = exposure([node("/dev/nvidia0", 195, 0), node("/dev/nvidia1", 195, 1)],
+    e = exposure([dev("/dev/nvidia0", 195, 0), dev("/dev/nvidia1", 195, 1)],
                  [rule(True, None, None, None, "rwm")], privileged=True)
     assert summary(e) == [("privileged", ())]
     assert e.privileged
@@ -153,7 +153,7 @@ def test_load_host_from_files(tmp_path: Path):
 def test_unreadable_proc_devices_fails_closed_only_for_dynamic_majors(tmp_path, major, expected):
     h = devnodes.load_host(tmp_path / "absent", tmp_path / "absent")
     assert h.majors is None and "absent" in (h.error or "")
-    assert summary(exposure([node("/dev/x", major, 0)], on=h)) == expected
+    assert summary(exposure([dev("/dev/x", major, 0)], on=h)) == expected
 
 
 # -- the spec's fields, as Go reads them ---------------------------------------------------
@@ -161,7 +161,7 @@ def test_unreadable_proc_devices_fails_closed_only_for_dynamic_majors(tmp_path, 
 BAD_FIELDS = [
     P({"devices": [{"path": "/dev/x", "type": "c", "major": "195", "minor": 0}]},
       "linux.devices[0].major: expected an integer, got a string", id="major a string"),
-    P({"devices": [node("/dev/a"), node("/dev/b"), {"path": "/dev/x", "major": 1.0}]},
+    P({"devices": [dev("/dev/a"), dev("/dev/b"), {"path": "/dev/x", "major": 1.0}]},
       "linux.devices[2].major: expected an integer, got a number", id="major a float"),
     P({"devices": [{"path": "/dev/x", "minor": 1 << 63}]},
       "linux.devices[0].minor: 9223372036854775808 is out of range for int64", id="past int64"),
@@ -207,7 +207,7 @@ def judge(doc: dict[str, Any], before_create: bool = False, allocation: Any = No
                   allocation=allocation, unallocated=unallocated, before_create=before_create)
 
 
-CDI_GPU1 = document([VOID], devices=[node("/dev/nvidia1", 195, 1), node("/dev/nvidiactl")],
+CDI_GPU1 = document([VOID], devices=[dev("/dev/nvidia1", 195, 1), dev("/dev/nvidiactl")],
                     rules=[rule(False, None, None, None, "rwm"), rule(True, "c", 195, 1, "rw"),
                            rule(True, "c", 195, 255, "rw"), rule(True, "c", 10, 229, "rwm")])
 
@@ -222,23 +222,23 @@ DECISIONS = [
       id="before creation, rewrite removes the node and its rule"),
     P(CDI_GPU1, {"deny": [G1]}, True, Outcome.DENY, (), "deny list",
       id="before creation, enforce still denies"),
-    P(document([VOID], devices=[node("/dev/nvidia0")]), {"device_nodes": "deny"}, True,
+    P(document([VOID], devices=[dev("/dev/nvidia0")]), {"device_nodes": "deny"}, True,
       Outcome.DENY, (), "GPU device nodes may not be passed in", id="device-nodes deny"),
-    P(document([VOID], devices=[node("/dev/nvidia5", 195, 5)]), {}, False, Outcome.DENY, (),
+    P(document([VOID], devices=[dev("/dev/nvidia5", 195, 5)]), {}, False, Outcome.DENY, (),
       "no such live device", id="a minor NVML does not report fails closed"),
     P(document([VOID], ADMIN, rules=[rule(True, "c", 195, None, "rw")]),
       {"deny": [G1], "mode": "rewrite"}, True, Outcome.REWRITE, (G0,), "deny list",
       id="a privileged wildcard rule narrows to the minors kept"),
     P(document([VOID], rules=[rule(True, None, None, None, "rwm")]), {"mode": "rewrite"}, True,
       Outcome.DENY, (), "every GPU", id="a *:* rwm unprivileged cannot be narrowed"),
-    P(document([], ADMIN, devices=[node("/dev/nvidia0"), node("/dev/nvidia1")],
+    P(document([], ADMIN, devices=[dev("/dev/nvidia0"), dev("/dev/nvidia1")],
                rules=[rule(True, None, None, None, "rwm")]), {}, False, Outcome.ALLOW, (), None,
       id="a privileged container with every device: allowed by the all rule"),
-    P(document([], ADMIN, devices=[node("/dev/nvidia0")],
+    P(document([], ADMIN, devices=[dev("/dev/nvidia0")],
                rules=[rule(True, None, None, None, "rwm")]), {"all": "never"}, True,
       Outcome.DENY, (), "no container may have every GPU",
       id="a privileged container with every device under all = never"),
-    P(document([VOID], devices=[node("/dev/c", CAPS_MAJOR, 1)]), {}, False, Outcome.DENY, (),
+    P(document([VOID], devices=[dev("/dev/c", CAPS_MAJOR, 1)]), {}, False, Outcome.DENY, (),
       "MIG management needs a privileged container", id="MIG config cap, unprivileged"),
 ]
 
@@ -259,7 +259,7 @@ def test_decision(doc, overrides, before, outcome, granted, reason):
 def test_rewrite_removes_refused_node_and_rule_keeps_the_rest_byte_identical():
     d = judge(CDI_GPU1, True, deny=[G1], mode="rewrite")
     assert d.doc is not None
-    assert d.doc["linux"]["devices"] == [node("/dev/nvidiactl")]
+    assert d.doc["linux"]["devices"] == [dev("/dev/nvidiactl")]
     assert d.doc["linux"]["resources"]["devices"] == [
         rule(False, None, None, None, "rwm"), rule(True, "c", 195, 255, "rw"),
         rule(True, "c", 10, 229, "rwm")]
@@ -284,15 +284,15 @@ def allocated(*ids: str) -> Allocation:
 
 
 @pytest.mark.parametrize(("doc", "ids", "before", "overrides", "outcome", "granted"), [
-    P(document([VOID], devices=[node("/dev/nvidia1")]), (G0,), False, {}, Outcome.DENY, (),
+    P(document([VOID], devices=[dev("/dev/nvidia1")]), (G0,), False, {}, Outcome.DENY, (),
       id="allocated GPU 0, node 195:1: denied at prestart"),
-    P(document([VOID], devices=[node("/dev/nvidia1")]), (G0,), True, {"mode": "rewrite"},
+    P(document([VOID], devices=[dev("/dev/nvidia1")]), (G0,), True, {"mode": "rewrite"},
       Outcome.REWRITE, (), id="allocated GPU 0, node 195:1: removed by the shim's rewrite"),
-    P(document([VOID], devices=[node("/dev/nvidia1")]), (G1,), False, {}, Outcome.ALLOW, (G1,),
+    P(document([VOID], devices=[dev("/dev/nvidia1")]), (G1,), False, {}, Outcome.ALLOW, (G1,),
       id="allocated GPU 1, CDI node 195:1: allowed"),
-    P(document([VOID], devices=[node("/dev/nvidia1")]), (), False, {}, Outcome.DENY, (),
+    P(document([VOID], devices=[dev("/dev/nvidia1")]), (), False, {}, Outcome.DENY, (),
       id="nothing allocated, a GPU node: denied (void cannot take a node away)"),
-    P(document([], ADMIN, devices=[node("/dev/nvidia0")],
+    P(document([], ADMIN, devices=[dev("/dev/nvidia0")],
                rules=[rule(True, None, None, None, "rwm")]), (), False, {}, Outcome.ALLOW, (),
       id="kube-proxy: privileged, nothing allocated, unallocated void"),
 ])
@@ -304,7 +304,7 @@ def test_allocation_binds_device_nodes(doc, ids, before, overrides, outcome, gra
 
 
 def test_kube_proxy_is_not_bound_even_when_unallocated_means_deny():
-    doc = document([], ADMIN, devices=[node("/dev/nvidia0")],
+    doc = document([], ADMIN, devices=[dev("/dev/nvidia0")],
                    rules=[rule(True, None, None, None, "rwm")])
     spec = spec_from(doc)
     request = parse(spec, host=host())
@@ -318,15 +318,15 @@ def test_kube_proxy_is_not_bound_even_when_unallocated_means_deny():
 
 FAST = [
     P(document(), False, id="no devices"),
-    P(document(devices=[node("/dev/null"), node("/dev/fuse")]), False,
+    P(document(devices=[dev("/dev/null"), dev("/dev/fuse")]), False,
       id="engine default devices"),
     P(document(rules=[rule(False, None, None, None, "rwm"), rule(True, "c", 1, 3, "rwm"),
                       rule(True, "c", 136, None, "rwm"), rule(True, "c", None, None, "m"),
                       rule(True, "b", None, None, "m")]), False, id="Docker's default rules"),
-    P(document(devices=[node("/dev/gpu0", 195, 0)]), True, id="195:0 at any path"),
-    P(document(devices=[node("/dev/x", 195 + 4096, 0)]), True, id="a truncated 195"),
-    P(document(devices=[node("/dev/x", CAPS_MAJOR, 12)]), True, id="a dynamic major"),
-    P(document(devices=[node("/dev/x", 195, 0, kind="b")]), False, id="a block node"),
+    P(document(devices=[dev("/dev/gpu0", 195, 0)]), True, id="195:0 at any path"),
+    P(document(devices=[dev("/dev/x", 195 + 4096, 0)]), True, id="a truncated 195"),
+    P(document(devices=[dev("/dev/x", CAPS_MAJOR, 12)]), True, id="a dynamic major"),
+    P(document(devices=[dev("/dev/x", 195, 0, kind="b")]), False, id="a block node"),
     P(document(devices=[{"path": "/dev/x", "major": "195"}]), True, id="a bad major"),
     P(document(rules=[rule(True, "c", 195, 1, "rw")]), True, id="an allow rule on 195"),
     P(document(rules=[rule(True, "a", None, None, "rwm")]), True, id="a *:* rwm"),
@@ -381,7 +381,7 @@ def test_host_paths_are_configurable_and_absolute(tmp_path: Path):
 
 def write_cdi_bundle(bundle: Path, minor: int) -> Path:
     bundle.mkdir(parents=True)
-    doc = document([VOID], devices=[node("/dev/gpu", 195, minor), node("/dev/c", CAPS_MAJOR, 13)],
+    doc = document([VOID], devices=[dev("/dev/gpu", 195, minor), dev("/dev/c", CAPS_MAJOR, 13)],
                    rules=[rule(True, "c", 195, minor, "rw")])
     doc["root"] = {"path": "rootfs", "readonly": True}
     (bundle / "config.json").write_text(json.dumps(doc))
@@ -406,3 +406,21 @@ def test_prestart_reads_the_configured_host_files(node: Node, tmp_path: Path, de
     assert line["granted"] == granted
     # The request by number; the parent node and rule are part of the MIG device.
     assert [n["reaches"] for n in line["request"]["device_nodes"]] == ["gpu", "mig", "gpu"]
+
+
+def test_explain_shows_the_device_nodes_by_number(node: Node, tmp_path: Path) -> None:
+    import re
+
+    bundle = tmp_path / "b"
+    bundle.mkdir()
+    doc = document([VOID], devices=[dev("/dev/gpu", 195, 1), dev("/dev/nvidiactl")])
+    (bundle / "config.json").write_text(json.dumps(doc))
+    base = ["--config", str(node.config), "explain", "--bundle", str(bundle)]
+    text = node.run(base)
+    assert text.returncode == 0, text.stderr
+    out = text.stdout.decode()
+    assert re.search(r"^device nodes +linux\.devices\[0\] /dev/gpu \(c 195:1\) -> gpu 1; "
+                     r"linux\.devices\[1\] /dev/nvidiactl \(c 195:255\) -> control$", out, re.M)
+    assert re.search(rf"^granted +{G1}$", out, re.M), out
+    reaches = json.loads(node.run([*base, "--json"]).stdout)["request"]["device_nodes"]
+    assert [r["reaches"] for r in reaches] == ["gpu", "control"]
