@@ -22,8 +22,21 @@ def fail(message: str, status: ExitStatus, notes: tuple[str, ...] = ()) -> NoRet
     for line in (message, *notes):
         # Messages quote the container's env, keys and paths: a control character or a
         # line separator there must not start a second (fake) line.
-        print(f"nvhook: {one_line(line)}", file=sys.stderr)
+        try:
+            print(f"nvhook: {one_line(line)}", file=sys.stderr)
+        except (OSError, ValueError):
+            # stderr is gone (a closed pipe, a full disk): the status is all that is left,
+            # and it must still say "denied" rather than "internal error".
+            _silence_stderr()
+            break
     sys.exit(int(status))
+
+
+def _silence_stderr() -> None:
+    """Point fd 2 at /dev/null, so the interpreter's flush at exit cannot fail again."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
 
 
 def describe(exc: BaseException) -> tuple[str, ExitStatus, tuple[str, ...]]:

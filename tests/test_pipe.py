@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import NVHOOK, Node
+from conftest import NVHOOK, Node, runc_state, write_bundle
 
 from nvhook.errors import ExitStatus
 
@@ -52,3 +52,24 @@ def test_head_reads_one_line_and_nothing_is_said(node: Node, tmp_path: Path) -> 
     assert proc.returncode in (0, ExitStatus.PIPE)
     assert proc.stdout.decode().split() == ["TIME", "DECISION", "CONTAINER", "POD", "REASON"]
     assert proc.stderr == b""
+
+
+@pytest.mark.parametrize("env, status", [
+    pytest.param(["NVIDIA_VISIBLE_DEVICES=GPU-00000000-0000-0000-0000-00000000dead"],
+                 ExitStatus.DENIED, id="a denial still exits DENIED"),
+    pytest.param(["PATH=/bin"], ExitStatus.OK, id="no GPU asked: still 0"),
+])
+def test_a_closed_stderr_keeps_the_status(node: Node, tmp_path: Path, env: list[str],
+                                          status: ExitStatus) -> None:
+    """The runtime that reads the hook's stderr went away: the denial line cannot be
+    written, but the exit status must still say "denied", not "internal error"."""
+    bundle = write_bundle(tmp_path / "bundle", env)
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        proc = subprocess.run([str(NVHOOK), "--config", str(node.config), "prestart"],
+                              input=runc_state(bundle), stdout=subprocess.PIPE,
+                              stderr=write_end, env=node.env(), timeout=60, check=False)
+    finally:
+        os.close(write_end)
+    assert proc.returncode == status
