@@ -419,7 +419,7 @@ def test_explain_shows_the_device_nodes_by_number(node: Node, tmp_path: Path) ->
     text = node.run(base)
     assert text.returncode == 0, text.stderr
     out = text.stdout.decode()
-    assert re.search(r"^device nodes +linux\.devices\[0\] /dev/gpu \(c 195:1\) -> gpu 1; "
+    assert re.search(r"^nodes +linux\.devices\[0\] /dev/gpu \(c 195:1\) -> gpu 1; "
                      r"linux\.devices\[1\] /dev/nvidiactl \(c 195:255\) -> control$", out, re.M)
     assert re.search(rf"^granted +{G1}$", out, re.M), out
     reaches = json.loads(node.run([*base, "--json"]).stdout)["request"]["device_nodes"]

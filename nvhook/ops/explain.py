@@ -78,7 +78,7 @@ def as_text(e: Evaluation, leases: LeaseStep | None = None) -> str:
         ("mounts", ", ".join(m.id for m in r.mounts) or "-"),
         ("cdi", ", ".join(c.name for c in r.cdi) or "-"),
         ("imex", imex_text(r)),
-        ("device nodes", "; ".join(f"{n.label} -> {n.kind.value}"
+        ("nodes", "; ".join(f"{n.label} -> {n.kind.value}"
                                    + (f" {n.gpu_minor}" if n.gpu_minor is not None else "")
                                    for n in r.device_nodes) or "-"),
     ]
