@@ -97,7 +97,8 @@ KEYS: tuple[Key, ...] = (
         _values(p.MigConfig)),
     Key("policy", "imex", "string", P.imex.value,
         "who may have IMEX channels (NVIDIA_IMEX_CHANNELS, imex/ volume mounts, "
-        "nvidia.com/imex-channel CDI names): never, privileged containers, or always",
+        "nvidia.com/imex-channel CDI names, channel device nodes): never, privileged "
+        "containers, or always",
         _values(p.Imex)),
     Key("policy", "imex-channels", "array of integers", list(P.imex_channels),
         "the IMEX channel numbers that may be granted; empty: any channel policy.imex allows"),

@@ -79,10 +79,12 @@ def mount(source: str, destination: str) -> dict[str, Any]:
 # host's, these are the ones HOST_PROC_DEVICES below declares).
 UVM_MAJOR = 510
 CAPS_MAJOR = 234
+IMEX_MAJOR = 241  # nvidia-caps-imex-channels: the minor is the channel number
 NODE_NUMBERS: dict[str, tuple[int, int]] = {
     "/dev/nvidiactl": (195, 255), "/dev/nvidia-modeset": (195, 254),
     "/dev/nvidia-uvm": (UVM_MAJOR, 0), "/dev/nvidia-uvm-tools": (UVM_MAJOR, 1),
     "/dev/null": (1, 3), "/dev/fuse": (10, 229),
+    "/dev/nvidia-caps-imex-channels/channel0": (IMEX_MAJOR, 0),
 }
 HOST_PROC_DEVICES = f"""Character devices:
   1 mem
@@ -91,6 +93,7 @@ HOST_PROC_DEVICES = f"""Character devices:
 195 nvidia-frontend
 {CAPS_MAJOR} nvidia-caps
 {UVM_MAJOR} nvidia-uvm
+{IMEX_MAJOR} nvidia-caps-imex-channels
 
 Block devices:
   7 loop

@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from builders import CAPS_MAJOR, INVENTORY_JSON, host
+from builders import CAPS_MAJOR, IMEX_MAJOR, INVENTORY_JSON, host
 from fakenvml import GPU0_UUID, GPU1_UUID, MIG_A_UUID, MIG_B_UUID
 
 from nvhook.decision.decide import Decision, Outcome, decide
@@ -89,9 +89,10 @@ def imex_attached(spec: Spec) -> frozenset[str]:
     channel counted: NVIDIA_IMEX_CHANNELS (last duplicate; any all/none/void item means
     none), /dev/null binds under .../imex/, and nvidia.com/imex-channel CDI names. Only for a
     container that asks for a GPU (the CDI names count on their own): NVIDIA attaches the env's
-    and mounts' IMEX channels only alongside one."""
+    and mounts' IMEX channels only alongside one. Plus what runc exposes by number
+    (``imex_exposed``), which needs no GPU request."""
     if not parse(spec).asks_for_gpu:
-        return frozenset(_imex_cdi(spec))
+        return frozenset(_imex_cdi(spec)) | imex_exposed(spec)
     ids = split_ids(env_map(spec.env).get("NVIDIA_IMEX_CHANNELS", ""))
     found = set() if {"all", "none", "void"} & set(ids) else set(ids)
     for m in spec.mounts:
@@ -101,7 +102,45 @@ def imex_attached(spec: Spec) -> frozenset[str]:
         rest = destination[len(IMEX_ROOT):].strip("/")  # NVIDIA's plain prefix test
         if rest.startswith("imex/"):
             found.add(rest.removeprefix("imex/"))
-    return frozenset(found | _imex_cdi(spec))
+    return frozenset(found | _imex_cdi(spec)) | imex_exposed(spec)
+
+
+def _effective(spec: Spec) -> list[Any]:
+    """The allow rules with r or w on char devices that no later deny of every device takes
+    back (cgroup v1 removes only an exact exception; only a full reset narrows)."""
+    rules = spec.device_rules
+    out = []
+    for i, r in enumerate(rules):
+        opens = {c for c in (r.access or "rw") if c in "rw"}
+        if not r.allow or not opens or r.type == "b":
+            continue
+        if any(not later.allow and later.type in ("", "a") and later.major in (None, -1)
+               and later.minor in (None, -1) and opens <= set(later.access)
+               for later in rules[i + 1:]):
+            continue
+        out.append(r)
+    return out
+
+
+def imex_exposed(spec: Spec) -> frozenset[str]:
+    """The IMEX channels runc exposes, by a model apart from nvhook's: a char node on the
+    nvidia-caps-imex-channels major (12 bits kept) is channel <minor> (20 bits kept); an
+    allow rule on that major (32 bits) or on every major opens its minor, or "all" for a
+    wildcard minor. A privileged container whose rules open every device is judged whole
+    (no channel listed)."""
+    def wild(n: int | None) -> bool:
+        return n is None or n < 0
+
+    rules = _effective(spec)
+    if "CAP_SYS_ADMIN" in spec.bounding_caps and any(wild(r.major) and wild(r.minor)
+                                                      for r in rules):
+        return frozenset()
+    found = {str(n.minor & 0xFFFFF) for n in spec.device_nodes
+             if n.type not in ("b", "p") and n.major & 0xFFF == IMEX_MAJOR}
+    for r in rules:
+        if wild(r.major) or r.major & 0xFFFFFFFF == IMEX_MAJOR:  # type: ignore[operator]
+            found.add("all" if wild(r.minor) else str(r.minor & 0xFFFFFFFF))  # type: ignore[operator]
+    return frozenset(found)
 
 
 def _imex_cdi(spec: Spec) -> set[str]:
@@ -135,15 +174,7 @@ def runc_exposed(spec: Spec) -> frozenset[str] | None:
     for n in spec.device_nodes:
         if n.type not in ("b", "p"):
             number(n.major & 0xFFF, n.minor & 0xFFFFF)
-    rules = spec.device_rules
-    for i, r in enumerate(rules):
-        opens = {c for c in (r.access or "rw") if c in "rw"}
-        if not r.allow or not opens or r.type == "b":
-            continue
-        if any(not later.allow and later.type in ("", "a") and later.major in (None, -1)
-               and later.minor in (None, -1) and opens <= set(later.access)
-               for later in rules[i + 1:]):
-            continue
+    for r in _effective(spec):
         wild_major = r.major is None or r.major < 0
         wild_minor = r.minor is None or r.minor < 0
         if wild_major and wild_minor and "CAP_SYS_ADMIN" in spec.bounding_caps:

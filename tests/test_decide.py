@@ -14,12 +14,17 @@ import pytest
 from builders import (
     ADMIN,
     ALL_UUIDS,
+    IMEX_MAJOR,
     device_mount,
+    document,
     env_values,
     fake_inventory,
+    host,
     make_spec,
     mount,
+    node,
     policy,
+    rule,
     spec_from,
 )
 from fakenvml import GPU0_BUS, GPU0_UUID, GPU1_UUID, MIG_A_UUID, MIG_B_UUID
@@ -27,7 +32,7 @@ from fakenvml import GPU0_BUS, GPU0_UUID, GPU1_UUID, MIG_A_UUID, MIG_B_UUID
 from nvhook import config
 from nvhook.decision.decide import Outcome, Violation, decide, needs_inventory, rewrite_entries
 from nvhook.decision.policy import Policy
-from nvhook.decision.request import parse
+from nvhook.decision.request import parse, to_json
 from nvhook.errors import InventoryError
 from nvhook.nvidia.config import NvidiaConfig
 
@@ -777,3 +782,112 @@ def test_imex_rewrite_leaves_every_other_mount_alone():
     assert d.outcome is REWRITE
     assert d.doc["mounts"] == [spec.doc["mounts"][i] for i in (0, 1, 3)]
     assert d.imex == ()
+
+
+# -- IMEX channels reached by device node or cgroup rule (CDI's nvidia.com/imex-channel=N) ------
+# A node /dev/nvidia-caps-imex-channels/channelN (the nvidia-caps-imex-channels major, minor N)
+# reaches channel N through runc, whatever the env says and with no GPU request: judged by the
+# same policy.imex / imex-channels. (container, policy overrides, before creation, outcome,
+# IMEX channels granted, linux.devices paths afterwards, cgroup rules afterwards as
+# (major, minor), the start of the first reason (None: no violation)).
+CH0 = node("/dev/nvidia-caps-imex-channels/channel0")
+CH1 = node("/dev/nvidia-caps-imex-channels/channel1", IMEX_MAJOR, 1)
+CH_RULES = [rule(False, None, None, None, "rwm"), rule(True, "c", IMEX_MAJOR, 0, "rw"),
+            rule(True, "c", IMEX_MAJOR, 1, "rw")]
+CDI_CH = document([nvd("void")], devices=[CH0, CH1], rules=CH_RULES)
+CDI_CH_ADMIN = document([nvd("void")], ADMIN, devices=[CH0, CH1], rules=CH_RULES)
+ONLY_CH0 = document([], devices=[CH0])
+CH_WILD = document([], ADMIN, devices=[CH0, CH1], rules=[rule(True, "c", IMEX_MAJOR, None, "rw")])
+NODE_LABEL = "linux.devices[0] /dev/nvidia-caps-imex-channels/channel0 (c 241:0)"
+P0, P1 = CH0["path"], CH1["path"]
+ALL_RULES = [(None, None), (IMEX_MAJOR, 0), (IMEX_MAJOR, 1)]
+
+IMEX_NODE_DECISIONS = [
+    P(ONLY_CH0, {}, False, DENY, (), [P0], [], f"{NODE_LABEL}: IMEX channel 0: {UNPRIV_IMEX}",
+      id="unprivileged, only a channel node, default policy: denied (not skipped)"),
+    P(ONLY_CH0, {"mode": "rewrite"}, False, DENY, (), [P0], [], UNPRIV_IMEX,
+      id="prestart, rewrite: the node exists, so denied"),
+    P(ONLY_CH0, {"mode": "rewrite"}, True, REWRITE, (), [], [], UNPRIV_IMEX,
+      id="before creation, rewrite: the node is removed"),
+    P(ONLY_CH0, {}, True, DENY, (), [P0], [], UNPRIV_IMEX,
+      id="before creation, enforce: denied"),
+    P(ONLY_CH0, {"mode": "audit"}, False, ALLOW, ("0",), [P0], [], UNPRIV_IMEX,
+      id="audit: admitted as asked, the violation recorded"),
+    P(ONLY_CH0, {"imex": "always"}, False, ALLOW, ("0",), [P0], [], None,
+      id="imex = always: unprivileged admitted"),
+    P(ONLY_CH0, {"imex": "never"}, True, DENY, (), [P0], [],
+      'IMEX channel 0: no container may have IMEX channels (policy.imex = "never")',
+      id="imex = never, unprivileged: denied"),
+    P(document([], ADMIN, devices=[CH0]), {}, False, ALLOW, ("0",), [P0], [], None,
+      id="privileged, default policy: admitted"),
+    P(document([], ADMIN, devices=[CH0]), {"imex": "never", "mode": "rewrite"}, True, REWRITE,
+      (), [], [], "no container may have IMEX channels",
+      id="imex = never, privileged, before creation: removed"),
+    P(document([], ADMIN, devices=[CH0]), {"imex": "never", "mode": "rewrite"}, False, DENY,
+      (), [P0], [], "no container may have IMEX channels",
+      id="imex = never, privileged, prestart: denied"),
+    P(CDI_CH_ADMIN, {"imex_channels": [1]}, False, DENY, (), [P0, P1], ALL_RULES,
+      "IMEX channel 0: not on the allow list (policy.imex-channels)",
+      id="privileged, allow list [1], enforce: channel 0 denies"),
+    P(CDI_CH_ADMIN, {"imex_channels": [1], "mode": "rewrite"}, True, REWRITE, ("1",), [P1],
+      [(None, None), (IMEX_MAJOR, 1)], "IMEX channel 0: not on the allow list",
+      id="allow list [1], before creation: channel 0's node and rule go, 1's stay"),
+    P(CDI_CH, {"imex": "always", "imex_channels": [0, 1]}, False, ALLOW, ("0", "1"), [P0, P1],
+      ALL_RULES, None, id="unprivileged, always, both on the allow list: admitted"),
+    P(CH_WILD, {}, False, ALLOW, ("0", "1", "all"), [P0, P1], [(IMEX_MAJOR, None)], None,
+      id="privileged wildcard channel rule, no allow list: every channel admitted"),
+    P(CH_WILD, {"imex_channels": [0], "mode": "rewrite"}, True, REWRITE, ("0",), [P0],
+      [(IMEX_MAJOR, 0)], "IMEX channel 1: not on the allow list",
+      id="wildcard channel rule, allow list [0]: narrowed to the node kept"),
+    P(CH_WILD, {"imex_channels": [0], "mode": "rewrite"}, False, DENY, (), [P0, P1],
+      [(IMEX_MAJOR, None)], "IMEX channel 1", id="the same at prestart: denied"),
+    P(document([], rules=[rule(True, "c", IMEX_MAJOR, 5, "rw")]), {}, False, DENY, (), [],
+      [(IMEX_MAJOR, 5)],
+      "IMEX channel 5: an unprivileged", id="a rule alone reaches channel 5 (CAP_MKNOD)"),
+    P(document([], rules=[rule(True, None, None, None, "rwm")]),
+      {"all": "always", "mode": "rewrite"}, True, DENY, (), [], [(None, None)],
+      "IMEX channel all: an unprivileged container may not have IMEX channels",
+      id="unprivileged a *:* rwm under all = always: every channel, not narrowable"),
+    P(document([], ADMIN, devices=[CH0], rules=[rule(True, None, None, None, "rwm")]),
+      {"imex": "never"}, False, DENY, (), [P0], [(None, None)],
+      "every IMEX channel too, and no container may have IMEX channels",
+      id="privileged every device under imex = never: denied"),
+    P(document([], ADMIN, devices=[CH0], rules=[rule(True, None, None, None, "rwm")]),
+      {"imex_channels": [3]}, False, ALLOW, (), [P0], [(None, None)], None,
+      id="privileged every device: judged by policy.imex only, as policy.all judges GPUs"),
+    P(document([nvd(G0), "NVIDIA_IMEX_CHANNELS=void"], devices=[CH0]), {"mode": "rewrite"},
+      True, REWRITE, (), [], [], UNPRIV_IMEX,
+      id="the env says void, the node still reaches channel 0: removed, the GPU kept"),
+]
+
+
+@pytest.mark.parametrize(("doc", "overrides", "before", "outcome", "channels", "nodes",
+                          "rules", "reason"), IMEX_NODE_DECISIONS)
+def test_imex_node_decision(doc, overrides, before, outcome, channels, nodes, rules, reason):
+    spec = spec_from(doc)
+    request = parse(spec, host=host())
+    assert request.asks_for_devices
+    d = decide(request, INV, policy(**overrides), spec, before_create=before)
+    assert d.outcome is outcome, d.reasons
+    assert d.imex == channels
+    after = spec_from(d.doc) if d.doc is not None else spec
+    assert [n.path for n in after.device_nodes] == nodes
+    assert [(r.major, r.minor) for r in after.device_rules] == rules
+    if reason is None:
+        assert d.violations == ()
+    else:
+        assert d.reasons and reason in d.reasons[0], d.reasons
+    if outcome is REWRITE:
+        again = decide(parse(after, host=host()), INV, policy(**overrides), after,
+                       before_create=before)
+        # Nothing left that asks for anything is skipped the second time.
+        assert again.outcome is (ALLOW if channels or d.attached else SKIP), again.reasons
+        assert (again.violations, again.imex) == ((), channels)
+
+
+def test_imex_node_shows_in_the_request_as_node():
+    request = parse(spec_from(ONLY_CH0), host=host())
+    assert to_json(request)["imex"]["channels"] == [
+        {"id": "0", "via": "node", "what": NODE_LABEL}]
+    assert [n["reaches"] for n in to_json(request)["device_nodes"]] == ["imex"]
+    assert not request.bindable  # no kubelet allocation binds an IMEX channel yet

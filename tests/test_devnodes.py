@@ -14,6 +14,7 @@ from builders import (
     CAPS_MAJOR,
     HOST_MIG_MINORS,
     HOST_PROC_DEVICES,
+    IMEX_MAJOR,
     UVM_MAJOR,
     document,
     fake_inventory,
@@ -54,6 +55,14 @@ def summary(e: devnodes.Exposure) -> list[tuple[str, tuple[str, ...]]]:
     return [(i.kind.value, tuple(d.uuid for d in i.devices)) for i in e.items]
 
 
+def channels(nodes: list[dict[str, Any]] = (), rules: list[dict[str, Any]] = (),  # type: ignore[assignment]
+             on: Host | None = None) -> list[tuple[str, int | str | None]]:
+    """What each node and rule reaches, with the IMEX channel where it is one."""
+    spec = spec_from(document([VOID], devices=nodes, rules=rules))
+    return [(r.kind.value, r.as_json().get("channel"))
+            for r in devnodes.classify(spec.device_nodes, spec.device_rules, on or host())]
+
+
 # -- the mapping ---------------------------------------------------------------------------
 
 MAPPING = [
@@ -78,20 +87,71 @@ MAPPING = [
     P([dev("/dev/c", CAPS_MAJOR, 77)], [], [("not-live", ())], id="a cap minor not in mig-minors"),
     P([], [rule(True, "c", 195, None, "rwm")], [("all", (G0, G1, MA, MB))],
       id="a wildcard 195 rule is all"),
-    P([], [rule(True, None, None, None, "rwm")], [("all", (G0, G1, MA, MB))],
-      id="a *:* rwm in an unprivileged container is all"),
+    P([], [rule(True, None, None, None, "rwm")], [("all", (G0, G1, MA, MB)), ("imex", ())],
+      id="a *:* rwm in an unprivileged container is all, and every IMEX channel"),
     P([], [rule(True, "c", 195, 1, "rw"), rule(False, "c", 195, 1, "rw")], [("gpu", (G1,))],
       id="a narrower deny after an allow narrows nothing (cgroup v1)"),
     P([], [rule(True, "c", 195, 1, "rw"), rule(False, None, None, None, "rwm")], [],
       id="a full reset after an allow takes it back"),
     P([], [rule(True, "c", 195, 1, "m")], [], id="mknod-only access opens nothing"),
     P([], [rule(True, "b", 195, None, "rwm")], [], id="a block rule is not NVIDIA's"),
+    P([], [rule(True, "c", CAPS_MAJOR, None, "rw")], [("all", (MA, MB))],
+      id="a wildcard caps rule: every MIG device, no whole GPU"),
 ]
 
 
 @pytest.mark.parametrize(("nodes", "rules", "expected"), MAPPING)
 def test_mapping(nodes, rules, expected):
     assert summary(exposure(nodes, rules)) == expected
+
+
+CHANNEL = "/dev/nvidia-caps-imex-channels/channel"
+IMEX_MAPPING = [
+    P([dev(CHANNEL + "0")], [], [("imex", 0)], id="channel0 node: IMEX channel 0"),
+    P([dev("/dev/x", IMEX_MAJOR, 7)], [], [("imex", 7)],
+      id="any path: the minor is the channel"),
+    P([dev(CHANNEL + "0", IMEX_MAJOR, 3)], [], [("imex", 3)], id="the path lies, the minor wins"),
+    P([dev("/dev/x", IMEX_MAJOR + 4096, 2)], [], [("imex", 2)],
+      id="mknod keeps 12 bits of the channel major"),
+    P([dev(CHANNEL + "0", IMEX_MAJOR, 0, kind="b")], [], [], id="a block node is no channel"),
+    P([], [rule(True, "c", IMEX_MAJOR, None, "rw")], [("imex", "all")],
+      id="a wildcard-minor rule on the channel major: every channel"),
+    P([], [rule(True, "c", IMEX_MAJOR, -1, "rw")], [("imex", "all")],
+      id="minor -1 is a wildcard too"),
+    P([], [rule(True, "c", IMEX_MAJOR, 5, "rw")], [("imex", 5)], id="a rule with one minor"),
+    P([], [rule(True, "c", None, 5, "rw")],
+      [("gpu", None), ("not-live", None), ("imex", 5), ("control", None)],
+      id="a wildcard major with minor 5: 195:5, caps 5, channel 5, uvm 5"),
+    P([], [rule(True, "c", IMEX_MAJOR, 5, "m")], [], id="mknod-only opens no channel"),
+    P([], [rule(True, "c", IMEX_MAJOR, 5, "rw"), rule(False, "c", IMEX_MAJOR, 5, "rw")],
+      [("imex", 5)], id="deny after allow narrows nothing (cgroup v1)"),
+    P([], [rule(True, "c", IMEX_MAJOR, None, "rw"), rule(False, None, None, None, "rwm")], [],
+      id="a full reset after the allow takes it back"),
+]
+
+
+@pytest.mark.parametrize(("nodes", "rules", "expected"), IMEX_MAPPING)
+def test_imex_channel_mapping(nodes, rules, expected):
+    assert channels(nodes, rules) == expected
+
+
+def test_imex_channel_major_unknown_without_proc_devices(tmp_path: Path):
+    unread = devnodes.load_host(tmp_path / "absent", tmp_path / "absent")
+    (reach,) = devnodes.classify(spec_from(document([VOID], devices=[dev(CHANNEL + "0")]))
+                                 .device_nodes, (), unread)
+    assert reach.kind is devnodes.Reached.UNKNOWN
+    assert "nvidia-caps-imex-channels" in reach.why and "absent" in reach.why
+
+
+def test_privileged_every_device_reaches_imex_only_where_the_driver_may_be(tmp_path: Path):
+    doc = document([], ADMIN, rules=[rule(True, None, None, None, "rwm")])
+    spec = spec_from(doc)
+    no_imex = Host(devnodes.parse_proc_devices(HOST_PROC_DEVICES.replace(
+        f"{IMEX_MAJOR} nvidia-caps-imex-channels", "")))
+    unread = devnodes.load_host(tmp_path / "absent", tmp_path / "absent")
+    assert [r.imex_channels for h in (host(), no_imex, unread)
+            for r in devnodes.classify(spec.device_nodes, spec.device_rules, h, True)] == [
+        True, False, True]
 
 
 def test_privileged_every_device_is_one_reach():
@@ -130,8 +190,8 @@ def test_mig_minors_as_nvcaps_reads_them():
 
 def test_driver_major_for_another_helper(tmp_path: Path):
     proc = tmp_path / "devices"
-    proc.write_text(HOST_PROC_DEVICES.replace("\nBlock", "241 nvidia-caps-imex-channels\n\nBlock"))
-    assert devnodes.driver_major("nvidia-caps-imex-channels", proc) == 241
+    proc.write_text(HOST_PROC_DEVICES)
+    assert devnodes.driver_major("nvidia-caps-imex-channels", proc) == IMEX_MAJOR
     assert devnodes.driver_major("nvidia-nvswitch", proc) is None
     with pytest.raises(OSError):
         devnodes.driver_major("x", tmp_path / "absent")
@@ -334,6 +394,13 @@ FAST = [
     P(document(rules=[rule(True, "c", 195, None, "")]), True, id="empty access"),
     P(document(rules=[rule(False, "c", 195, None, "rw")]), False, id="a deny rule"),
     P(document(rules=[{"allow": 1, "access": "rw"}]), True, id="a non-boolean allow"),
+    P(document(devices=[dev(CHANNEL + "0")]), True, id="an IMEX channel node alone"),
+    P(document(["NVIDIA_IMEX_CHANNELS=void"], devices=[dev("/dev/x", IMEX_MAJOR, 3)]), True,
+      id="an IMEX channel node whatever the env says"),
+    P(document(rules=[rule(True, "c", IMEX_MAJOR, None, "rw")]), True,
+      id="a wildcard rule on the IMEX channel major"),
+    P(document(rules=[rule(True, "c", IMEX_MAJOR, 0, "m")]), False,
+      id="mknod only on the IMEX channel major"),
 ]
 
 
@@ -342,6 +409,19 @@ def test_fast_path(doc, expected):
     assert scan.may_request_gpu(doc) is expected
     if not expected:
         assert not parse(spec_from(doc), host=host()).asks_for_devices
+
+
+@pytest.mark.parametrize("doc", [
+    P(document(devices=[dev(CHANNEL + "0")]), id="channel node"),
+    P(document(rules=[rule(True, "c", IMEX_MAJOR, 2, "rw")]), id="channel rule"),
+    P(document(rules=[rule(True, "c", IMEX_MAJOR, None, "rw")]), id="every-channel rule"),
+])
+def test_an_imex_channel_node_alone_asks_for_devices(doc):
+    """No GPU request, no NVIDIA variable: the node still reaches a channel, so neither the
+    fast path nor the full path may skip it."""
+    request = parse(spec_from(doc), host=host())
+    assert scan.may_request_gpu(doc) and request.asks_for_devices and not request.asks_for_gpu
+    assert [c.via.value for c in request.imex.channels] == ["node"]
 
 
 def test_fast_path_never_skips_what_the_full_path_judges():
@@ -424,3 +504,32 @@ def test_explain_shows_the_device_nodes_by_number(node: Node, tmp_path: Path) ->
     assert re.search(rf"^granted +{G1}$", out, re.M), out
     reaches = json.loads(node.run([*base, "--json"]).stdout)["request"]["device_nodes"]
     assert [r["reaches"] for r in reaches] == ["gpu", "control"]
+
+
+@pytest.mark.parametrize(("caps", "code", "imex_granted"), [
+    P((), 3, [], id="unprivileged: denied by the default policy.imex"),
+    P(ADMIN, 0, ["0"], id="privileged: admitted, channel 0 granted"),
+])
+def test_prestart_judges_an_imex_channel_node_alone(node: Node, tmp_path: Path, caps, code,
+                                                    imex_granted) -> None:
+    """A bundle whose only NVIDIA thing is channel 0's node, through the real command: the
+    audit line and explain show the channel as reached by node."""
+    import re
+
+    (tmp_path / "devices").write_text(HOST_PROC_DEVICES)
+    node.write_config(f'[inventory]\nproc-devices = "{tmp_path}/devices"\n')
+    bundle = tmp_path / "b"
+    bundle.mkdir()
+    doc = document([], caps, devices=[dev(CHANNEL + "0")])
+    (bundle / "config.json").write_text(json.dumps(doc))
+    proc = node.run(["--config", str(node.config), "prestart"], stdin=runc_state(bundle))
+    assert proc.returncode == code, proc.stderr
+    (line,) = node.audit_lines()
+    assert line["imex_granted"] == imex_granted
+    assert line["request"]["imex"]["channels"] == [
+        {"id": "0", "via": "node", "what": f"linux.devices[0] {CHANNEL}0 (c {IMEX_MAJOR}:0)"}]
+    out = node.run(["--config", str(node.config), "explain", "--bundle", str(bundle)])
+    text = out.stdout.decode()
+    assert re.search(rf"^nodes +linux\.devices\[0\] {CHANNEL}0 \(c {IMEX_MAJOR}:0\) -> imex 0$",
+                     text, re.M), text
+    assert re.search(r"^imex +0 \(node\);", text, re.M), text

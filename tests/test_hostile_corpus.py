@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from builders import CAPS_MAJOR, UVM_MAJOR, device_mount, document, node, rule
+from builders import CAPS_MAJOR, IMEX_MAJOR, UVM_MAJOR, device_mount, document, node, rule
 from fakenvml import GPU0_BUS, GPU0_UUID, GPU1_BUS, GPU1_UUID, MIG_A_UUID, MIG_B_UUID
 from hostile import (
     CONFIG,
@@ -572,6 +572,30 @@ NODES = [
     N("caps-wildcard-rule", "D", "D", "D", rules=(rule(True, "c", CAPS_MAJOR, None, "rw"),)),
 ]
 
+# -- 14. IMEX channels by device node and cgroup rule (tokens name channels, as in 12) ----------
+# runc gives a container the channel its node's minor names, with no GPU request and whatever
+# NVIDIA_IMEX_CHANNELS says. Judged before creation (a refused node is removed) and at prestart
+# (where removing one is a denial).
+CH = "/dev/nvidia-caps-imex-channels/channel"
+IMEX_NODE_ROWS = [
+    N("imex-node-alone-unprivileged", "D", "W:", "A:0", node(CH + "0", IMEX_MAJOR, 0), env=()),
+    N("imex-node-off-the-allow-list", "D", "W:", "W:", node(CH + "1", IMEX_MAJOR, 1), env=()),
+    N("imex-node-privileged", "A:0", "A:0", "A:0", node(CH + "0", IMEX_MAJOR, 0), env=(),
+      caps=ADMIN),
+    N("imex-node-path-lies", "A:1", "A:1", "W:", node(CH + "0", IMEX_MAJOR, 1), env=(),
+      caps=ADMIN),
+    N("imex-node-major-truncated", "A:0", "A:0", "A:0", node("/dev/x", IMEX_MAJOR + 4096, 0),
+      env=(), caps=ADMIN),
+    N("imex-node-env-says-void", "D", "W:", "A:0", node(CH + "0", IMEX_MAJOR, 0),
+      env=(f"{V}={G0}", "NVIDIA_IMEX_CHANNELS=void")),
+    N("imex-rule-alone-mknod-reach", "D", "W:", "W:", env=(),
+      rules=(rule(True, "c", IMEX_MAJOR, 2, "rw"),)),
+    N("imex-rule-deny-after-allow", "D", "W:", "W:", env=(),
+      rules=(rule(True, "c", IMEX_MAJOR, 1, "rw"), rule(False, "c", IMEX_MAJOR, 1, "rw"))),
+    N("imex-rule-wildcard-narrowed", "A:0,all", "A:0,all", "W:0", node(CH + "0", IMEX_MAJOR, 0),
+      env=(), caps=ADMIN, rules=(rule(True, "c", IMEX_MAJOR, None, "rw"),)),
+]
+
 CORPUS: list[Row] = (DUPLICATES + ALL_VARIANTS + VOID_NONE + LOOKALIKES + MIG + PCI + INDICES
                      + CDI_ENV + CDI_ANNOTATIONS + MOUNTS + MIG_VARS + LEGACY + NODES)
 IMEX_IDS = {r.id for r in IMEX_ROWS}
@@ -611,6 +635,21 @@ def test_row(row: Row) -> None:
     strict = check_invariants(doc, RESTRICT_ENFORCE, before_create=True)
     if strict.outcome is not Outcome.DENY:
         assert set(strict.granted) == got["restrict"][1]
+
+
+@pytest.mark.parametrize("row", IMEX_NODE_ROWS, ids=[r.id for r in IMEX_NODE_ROWS])
+def test_imex_node_row(row: Row) -> None:
+    doc = row.doc()
+    for (name, policy), token in zip(POLICIES.items(), row.expect, strict=True):
+        decision = check_invariants(doc, policy, before_create=True)
+        got = (decision.outcome, set(decision.imex))
+        assert got == expected_imex(token), (name, decision.reasons)
+        at_prestart = check_invariants(doc, policy)
+        edits_devices = decision.doc is not None and (
+            decision.doc.get("linux") != doc.get("linux"))
+        want = (Outcome.DENY, set()) if edits_devices else got
+        assert (at_prestart.outcome, set(at_prestart.imex)) == want, (name, at_prestart)
+    check_invariants(doc, RESTRICT_ENFORCE, before_create=True)
 
 
 @pytest.mark.parametrize("row", IMEX_ROWS, ids=[r.id for r in IMEX_ROWS])

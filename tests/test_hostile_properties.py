@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from builders import CAPS_MAJOR, UVM_MAJOR, device_mount, document, node, rule
+from builders import CAPS_MAJOR, IMEX_MAJOR, UVM_MAJOR, device_mount, document, node, rule
 from fakenvml import GPU0_BUS, GPU0_UUID, GPU1_BUS, GPU1_UUID, MIG_A_UUID, MIG_B_UUID
 from hostile import OTHER_GPU0, OTHER_MIG, check_invariants
 from hypothesis import HealthCheck, given, settings
@@ -71,7 +71,7 @@ mount = st.one_of(
 annotation = st.tuples(st.sampled_from(["cdi.k8s.io/a", "cdi.k8s.io/b", "other/x"]), values)
 caps = st.sampled_from([(), ("CAP_SYS_ADMIN",), ("CAP_CHOWN",), ("cap_sys_admin",)])
 # Device nodes and cgroup rules by number: the path is noise, the number is the device.
-MAJORS = [195, 195, 195, 195 + 4096, CAPS_MAJOR, UVM_MAJOR, 1, 240, -1]
+MAJORS = [195, 195, 195, 195 + 4096, CAPS_MAJOR, UVM_MAJOR, IMEX_MAJOR, 1, 240, -1]
 MINORS = [0, 1, 2, 7, 12, 13, 21, 22, 1, 254, 255, 300, (1 << 20) + 1, -1]
 node_entry = st.one_of(
     st.sampled_from(["/dev/nvidia0", "/dev/nvidiactl", "/dev/null"]),
@@ -82,7 +82,7 @@ node_entry = st.one_of(
 devices = st.lists(node_entry, max_size=3)
 cgroup_rule = st.builds(
     rule, st.sampled_from([True, True, False]), st.sampled_from(["c", "a", "b", None]),
-    st.sampled_from([195, 195, None, CAPS_MAJOR, -1, (1 << 32) + 195, 10]),
+    st.sampled_from([195, 195, None, CAPS_MAJOR, IMEX_MAJOR, -1, (1 << 32) + 195, 10]),
     st.sampled_from([None, 0, 1, 12, 255, -1]), st.sampled_from(["rwm", "rw", "r", "m", ""]))
 rules = st.lists(cgroup_rule, max_size=3)
 

@@ -8,7 +8,8 @@ so NVIDIA's own channel settings keep meaning what the operator set them to.
 Denying writes ``void``; deleting the variable would re-enable the legacy ``all``.
 IMEX channels are judged by ``policy.imex``/``imex-channels`` on whichever channel
 NVIDIA reads them from, and a refused one is dropped the same way (``void`` in
-``NVIDIA_IMEX_CHANNELS``). An env entry without ``=`` denies a GPU request outright.
+``NVIDIA_IMEX_CHANNELS``); a channel reached by device node or cgroup rule is judged
+alike and removed like any refused node. An env entry without ``=`` denies a GPU request outright.
 """
 
 from __future__ import annotations
@@ -201,10 +202,10 @@ class _Judge:
         self.held = held
         self.before_create = before_create
         # Device nodes and cgroup rules a rewrite removes (by index), and wildcard rules it
-        # replaces by rules for the minors kept.
+        # replaces by rules for the minors kept (by index: the rules written instead).
         self.drop_nodes: set[int] = set()
         self.drop_rules: set[int] = set()
-        self.narrow_rules: dict[int, list[int]] = {}
+        self.narrow_rules: dict[int, list[dict[str, object]]] = {}
         self.request = request
         self.inventory = inventory
         self.policy = policy
@@ -304,8 +305,9 @@ class _Judge:
                             attached=attached)
         if not attached and not env_none:
             # Every GPU request was voided or dropped: NVIDIA attaches the env's and mounts'
-            # IMEX channels only alongside one, so only kept CDI names still reach the container.
-            imex_kept = [c for c in imex_kept if c.via is ImexVia.ANNOTATION]
+            # IMEX channels only alongside one, so only kept CDI names and nodes still reach
+            # the container.
+            imex_kept = [c for c in imex_kept if c.via in (ImexVia.ANNOTATION, ImexVia.NODE)]
         return Decision(Outcome.REWRITE, self.policy, granted, tuple(self.violations), doc,
                         env=env, notes=notes, imex=_ids(imex_kept), attached=attached)
 
@@ -484,15 +486,40 @@ class _Judge:
         return drop
 
     def judge_imex(self) -> list[ImexChannel]:
-        """-> the IMEX channels that may be kept, each refused one a violation."""
+        """-> the IMEX channels that may be kept, each refused one a violation.
+
+        A channel reached by node or rule is refused as any node is: removed by a rewrite
+        before creation, a denial at prestart (the node exists) or for a rule no edit
+        narrows. A refused wildcard channel rule is replaced by rules for the channel
+        nodes kept, so that those still open.
+        """
         kept = []
+        wild: list[Reach] = []
         for channel in self.request.imex.channels:
             refusal = self.imex_refusal(channel)
             if refusal is None:
                 kept.append(channel)
+                continue
+            reach = channel.reach
+            fixable = reach is None or (self.before_create and reach.narrowable)
+            self.violate(channel.label, f"IMEX channel {channel.id}: {refusal[0]}", refusal[1],
+                         fixable)
+            if reach is not None:
+                if channel.every and reach.narrowable:
+                    wild.append(reach)
+                else:
+                    self.refuse(reach)
+        minors = sorted({c.number for c in kept if c.via is ImexVia.NODE
+                         and c.reach is not None and c.reach.source == "node"
+                         and c.number is not None})
+        for reach in wild:
+            rule = self.spec.device_rules[reach.index]
+            if minors and rule.major is not None:
+                # The kernel compares a rule's major as 32 bits: the major it really names.
+                self.narrow_rules[reach.index] = devnodes.kept_rules(
+                    rule, minors, rule.major & 0xFFFFFFFF, control=())
             else:
-                self.violate(channel.label, f"IMEX channel {channel.id}: {refusal[0]}",
-                             refusal[1])
+                self.refuse(reach)
         return kept
 
     def imex_refusal(self, channel: ImexChannel) -> tuple[str, str] | None:
@@ -502,7 +529,7 @@ class _Judge:
         against the kubelet's allocated channels belongs here, after the policy's own.
         """
         rule = self.policy.imex
-        if channel.number is None:
+        if channel.number is None and not channel.every:
             return (f"not a channel number below {MAX_IMEX_CHANNEL} (libnvidia-container "
                     "refuses it)", "IMEX channel ids")
         if rule is Imex.NEVER:
@@ -511,6 +538,8 @@ class _Judge:
             return ("an unprivileged container may not have IMEX channels",
                     self.rule("imex", rule.value))
         allowed = self.policy.imex_channels
+        if allowed and channel.every:
+            return "every channel, not only the allow list's", self.rule("imex-channels")
         if allowed and channel.number not in allowed:
             return "not on the allow list", self.rule("imex-channels")
         return None
@@ -546,8 +575,8 @@ class _Judge:
         kept: list[Device] = []
         for item in exposure.items:
             r = item.reach
-            if item.kind is Reached.CONTROL:
-                continue
+            if item.kind in (Reached.CONTROL, Reached.IMEX):
+                continue  # IMEX channels: judged with the other channels (judge_imex)
             if item.kind is Reached.PRIVILEGED:
                 self.judge_privileged_reach(r)
                 continue
@@ -585,7 +614,8 @@ class _Judge:
             elif item.kind is Reached.ALL and r.source == "rule":
                 # A wildcard over major 195 becomes one rule per GPU minor kept.
                 gpus = [d for d in allowed if isinstance(d, Gpu)]
-                self.narrow_rules[r.index] = [g.minor for g in gpus]
+                self.narrow_rules[r.index] = devnodes.kept_rules(
+                    self.spec.device_rules[r.index], [g.minor for g in gpus])
                 kept.extend(gpus)
             else:
                 self.refuse(r)
@@ -613,6 +643,10 @@ class _Judge:
         if self.policy.all is AllRule.NEVER:
             self.violate(r.label, f"{r.why}, and no container may have every GPU",
                          self.rule("all", "never"), fixable=False)
+        # Its IMEX channels likewise: only who may have any (policy.imex) decides.
+        if r.imex_channels and self.policy.imex is Imex.NEVER:
+            self.violate(r.label, f"{r.why}, every IMEX channel too, and no container may "
+                         "have IMEX channels", self.rule("imex", "never"), fixable=False)
 
     def mig_management_allowed(self, label: str, fixable: bool) -> bool:
         """NVIDIA's MIG config/monitor capabilities: judged like NVIDIA_MIG_CONFIG_DEVICES."""
@@ -668,8 +702,7 @@ class _Judge:
             rules: list[Any] = []
             for i, raw in enumerate(resources.get("devices") or []):
                 if i in self.narrow_rules:
-                    rules.extend(devnodes.kept_rules(self.spec.device_rules[i],
-                                                     self.narrow_rules[i]))
+                    rules.extend(self.narrow_rules[i])
                 elif i not in self.drop_rules:
                     rules.append(raw)
             resources["devices"] = rules

@@ -46,7 +46,8 @@ class MigConfig(StrEnum):
 
 
 class Imex(StrEnum):
-    """Who may have IMEX channels (NVIDIA_IMEX_CHANNELS, imex/ mounts, CDI imex-channel)."""
+    """Who may have IMEX channels (NVIDIA_IMEX_CHANNELS, imex/ mounts, CDI imex-channel,
+    channel device nodes and cgroup rules)."""
 
     NEVER = "never"
     PRIVILEGED = "privileged"

@@ -154,6 +154,9 @@ class ImexVia(StrEnum):
     ENV = "env"
     MOUNT = "mount"
     ANNOTATION = "annotation"
+    # A device node or cgroup rule on the nvidia-caps-imex-channels major: runc's, not
+    # NVIDIA's, so it reaches the container on its own (no GPU request, no NVIDIA config).
+    NODE = "node"
 
 
 @dataclass(frozen=True)
@@ -165,11 +168,14 @@ class ImexChannel:
     label: str  # how a reason names the request: the variable, mount or annotation
     mount: Mount | None = None
     annotation: str | None = None
+    reach: Reach | None = None  # NODE: the node or rule, removed when refused
+    every: bool = False  # NODE: a wildcard rule that opens every channel (id "all")
 
     @property
     def number(self) -> int | None:
         """The channel number, or None when ``id`` is no decimal number below
-        ``MAX_IMEX_CHANNEL`` (the length test first: ``int`` refuses 4301 digits)."""
+        ``MAX_IMEX_CHANNEL`` (the length test first: ``int`` refuses 4301 digits); None
+        for ``every`` too."""
         if not (self.id.isascii() and self.id.isdigit()) or len(self.id.lstrip("0")) > 7:
             return None
         number = int(self.id)
@@ -180,7 +186,9 @@ class ImexChannel:
 class ImexRequest:
     """The IMEX channels of a container, as NVIDIA's ``ImexChannelRequests`` reads them
     (internal/config/image/cuda_image.go) plus the ``nvidia.com/imex-channel`` CDI names,
-    which the engine (or NVIDIA's runtime in CDI mode) applies whatever the config says."""
+    which the engine (or NVIDIA's runtime in CDI mode) applies whatever the config says,
+    and the channels its device nodes and cgroup rules reach by number (``nodes``), which
+    runc gives it whatever NVIDIA reads."""
 
     read: ImexRead
     why: str
@@ -188,6 +196,7 @@ class ImexRequest:
     env: tuple[ImexChannel, ...] = ()
     mounts: tuple[ImexChannel, ...] = ()
     annotations: tuple[ImexChannel, ...] = ()
+    nodes: tuple[ImexChannel, ...] = ()
 
     @property
     def env_read(self) -> bool:
@@ -199,9 +208,9 @@ class ImexRequest:
 
     @property
     def channels(self) -> tuple[ImexChannel, ...]:
-        """Every channel NVIDIA's stack would attach, in env, mount, annotation order."""
+        """Every channel the container would get, in env, mount, annotation, node order."""
         return ((self.env if self.env_read else ()) + (self.mounts if self.mounts_read else ())
-                + self.annotations)
+                + self.annotations + self.nodes)
 
 
 NO_IMEX = ImexRequest(ImexRead.NONE, "no IMEX request", None)
@@ -266,7 +275,10 @@ class Request:
     def bindable(self) -> bool:
         """Asks for something a kubelet allocation binds: every request but a privileged
         container's reach of every device node, which no spec edit can confine."""
-        if any(r.kind.asks and r.kind is not Reached.PRIVILEGED for r in self.device_nodes):
+        # IMEX channel nodes are not bound (an IMEX grant "as the allocation says" goes
+        # in decide's imex_refusal): they alone must not make a pod with no GPU unallocated.
+        if any(r.kind.asks and r.kind not in (Reached.PRIVILEGED, Reached.IMEX)
+               for r in self.device_nodes):
             return True
         return dataclasses.replace(self, device_nodes=()).asks_for_devices
 
@@ -370,7 +382,15 @@ def parse(spec: Spec, swarm_resource: Sequence[str] = (),
     )
     imex = imex_request(env.get(IMEX_CHANNELS), spec.mounts, cdi, privileged, nvidia,
                         request.asks_for_gpu)
-    return dataclasses.replace(request, imex=imex)
+    nodes = tuple(imex_node(r) for r in request.device_nodes if r.kind is Reached.IMEX)
+    return dataclasses.replace(request, imex=dataclasses.replace(imex, nodes=nodes))
+
+
+def imex_node(reach: Reach) -> ImexChannel:
+    """The IMEX channel a node or rule reaches (``gpus.devnodes``), as one more channel."""
+    every = reach.channel is None
+    return ImexChannel("all" if every else str(reach.channel), ImexVia.NODE, reach.label,
+                       reach=reach, every=every)
 
 
 def imex_request(value: str | None, mounts: Sequence[Mount], cdi: Sequence[CdiRequest],
@@ -560,5 +580,6 @@ def imex_json(imex: ImexRequest) -> dict[str, object]:
         "read": imex.read.value,
         "why": imex.why,
         "env": imex.env_value,
-        "channels": [{"id": c.id, "via": c.via.value} for c in imex.channels],
+        "channels": [{"id": c.id, "via": c.via.value} | ({"what": c.label} if c.reach else {})
+                     for c in imex.channels],
     }

@@ -12,6 +12,10 @@ A ``linux.devices`` path is the spec author's choice (``/dev/gpu0`` with 195:0 i
   ``gpu<G>/gi<I>/ci<C>/access <minor>``, ``<G>`` the GPU's minor number, plus ``config``
   and ``monitor``, which are MIG management);
 - the ``nvidia-uvm`` major (``/dev/nvidia-uvm``, ``-tools``): no GPU;
+- the ``nvidia-caps-imex-channels`` major, read from ``/proc/devices``: IMEX channels, the
+  minor being the channel number (``/dev/nvidia-caps-imex-channels/channel<N>`` is
+  ``<major>:<N>``, as nvidia-modprobe's ``nvidia_cap_imex_channel_mknod`` creates it); no
+  GPU, judged by ``policy.imex`` like the env's, mounts' and CDI names' channels;
 - any other major: not NVIDIA's; block devices: never NVIDIA's.
 
 The number a node really gets is the kernel's: runc passes ``Mkdev(uint32(major),
@@ -28,7 +32,8 @@ of exactly the same type:major:minor, so a narrower deny after a wildcard allow 
 nothing there. nvhook therefore never grants less than runc can expose.
 
 When ``/proc/devices`` cannot be read, a char major that the kernel hands out dynamically
-(234-254, 384-511: where ``nvidia-caps`` and ``nvidia-uvm`` land) could be NVIDIA's: such
+(234-254, 384-511: where ``nvidia-caps``, ``nvidia-uvm`` and ``nvidia-caps-imex-channels``
+land) could be NVIDIA's: such
 a node or rule is ``unknown`` and judged fail-closed; a static major other than 195 is
 not NVIDIA's and is ignored.
 """
@@ -52,6 +57,7 @@ GPU_MINORS = range(0, MODESET_MINOR)  # 0..253
 CONTROL_MINORS = (MODESET_MINOR, CTL_MINOR)
 
 CAPS_DRIVER = "nvidia-caps"
+IMEX_DRIVER = "nvidia-caps-imex-channels"
 UVM_DRIVERS = ("nvidia-uvm", "nvidia-uvm-tools")
 
 PROC_DEVICES = Path("/proc/devices")
@@ -60,6 +66,7 @@ MAX_PROC_BYTES = 1 << 20
 
 # Where register_chrdev(0, ...) and alloc_chrdev_region put a driver (fs/char_dev.c).
 DYNAMIC_MAJORS = (range(234, 255), range(384, 512))
+_DYNAMIC_DRIVERS = f"{CAPS_DRIVER}, {UVM_DRIVERS[0]} or {IMEX_DRIVER}"
 
 
 class Reached(StrEnum):
@@ -70,6 +77,7 @@ class Reached(StrEnum):
     ALL = "all"  # every GPU: a rule with a wildcard over major 195
     PRIVILEGED = "privileged"  # a privileged container that may open every char device
     CONTROL = "control"  # nvidiactl, nvidia-modeset, nvidia-uvm: no GPU
+    IMEX = "imex"  # one IMEX channel, by its minor (``channel`` None: every channel)
     MIG_MANAGEMENT = "mig-management"  # nvidia-caps config/monitor
     NOT_LIVE = "not-live"  # an NVIDIA minor that no live device has
     UNKNOWN = "unknown"  # could be NVIDIA's: /proc/devices was not readable
@@ -111,6 +119,15 @@ class Host:
         return self.major_of(CAPS_DRIVER)
 
     @property
+    def imex_major(self) -> int | None:
+        return self.major_of(IMEX_DRIVER)
+
+    @property
+    def may_have_imex(self) -> bool:
+        """The IMEX driver is registered, or ``/proc/devices`` could not tell."""
+        return self.majors is None or self.imex_major is not None
+
+    @property
     def uvm_majors(self) -> frozenset[int]:
         return frozenset(m for d in UVM_DRIVERS if (m := self.major_of(d)) is not None)
 
@@ -121,7 +138,8 @@ class Reach:
 
     ``source`` is "node" or "rule", ``index`` its position in ``linux.devices`` or
     ``linux.resources.devices``. For GPU it is ``gpu_minor``; for MIG, the caps' GPU minor
-    and ``gi`` (``ci`` None: a GI capability, part of each MIG device of that GI).
+    and ``gi`` (``ci`` None: a GI capability, part of each MIG device of that GI). For IMEX,
+    ``channel`` (None: every channel, a wildcard rule).
     """
 
     source: str
@@ -135,6 +153,11 @@ class Reach:
     # A rule whose range cannot be narrowed by removing or replacing it (a *:*, c *:*, a
     # caps wildcard): a refusal can then only deny.
     narrowable: bool = True
+    channel: int | None = None
+    # PRIVILEGED only: the host has (or may have) IMEX channels, which it reaches too.
+    imex_channels: bool = False
+    # ALL only: a wildcard over nvidia-caps, which opens every MIG device but no whole GPU.
+    migs_only: bool = False
 
     def as_json(self) -> dict[str, object]:
         out: dict[str, object] = {"what": self.label, "reaches": self.kind.value}
@@ -144,6 +167,8 @@ class Reach:
             out["gi"] = self.gi
         if self.ci is not None:
             out["ci"] = self.ci
+        if self.kind is Reached.IMEX:
+            out["channel"] = "all" if self.channel is None else self.channel
         if self.why:
             out["why"] = self.why
         return out
@@ -329,7 +354,8 @@ def classify(nodes: Sequence[DeviceNode], rules: Sequence[DeviceRule], host: Hos
     if privileged and any(_wild(r.major) and _wild(r.minor) for r in allows):
         rule = next(r for r in allows if _wild(r.major) and _wild(r.minor))
         return (Reach("rule", rule.index, rule.label, Reached.PRIVILEGED,
-                      why="privileged: every device node reachable", narrowable=False),)
+                      why="privileged: every device node reachable", narrowable=False,
+                      imex_channels=host.may_have_imex),)
     out: list[Reach] = []
     for node in nodes:
         if _is_char_node(node):
@@ -355,10 +381,13 @@ def _classify_number(source: str, index: int, label: str, major: int, minor: int
     if host.majors is None:
         if is_dynamic(major):
             return Reach(source, index, label, Reached.UNKNOWN,
-                         why=f"major {major} may be NVIDIA's and {host.error}")
+                         why=_unknown(major, host))
         return None
     if major in host.uvm_majors:
         return Reach(source, index, label, Reached.CONTROL, why="nvidia-uvm")
+    if major == host.imex_major:
+        return Reach(source, index, label, Reached.IMEX, channel=minor,
+                     why=f"IMEX channel {minor}")
     if major == host.caps_major:
         cap = host.caps.get(minor)
         if cap is None:
@@ -371,16 +400,26 @@ def _classify_number(source: str, index: int, label: str, major: int, minor: int
     return None
 
 
+def _unknown(major: int, host: Host) -> str:
+    return f"major {major} may be NVIDIA's ({_DYNAMIC_DRIVERS}) and {host.error}"
+
+
 def _classify_rule(rule: DeviceRule, host: Host) -> list[Reach]:
     if _wild(rule.major):
         if _wild(rule.minor):
             # Every device: every GPU and every NVIDIA capability. Not narrowable by an
             # edit of this rule without enumerating every other device of the host.
-            return [Reach("rule", rule.index, rule.label, Reached.ALL,
-                          why="a wildcard major opens every GPU", narrowable=False)]
+            every = [Reach("rule", rule.index, rule.label, Reached.ALL,
+                           why="a wildcard major opens every GPU", narrowable=False)]
+            if host.may_have_imex:
+                every.append(Reach("rule", rule.index, rule.label, Reached.IMEX,
+                                   why="a wildcard major opens every IMEX channel",
+                                   narrowable=False))
+            return every
         # One minor under every major: that minor of each NVIDIA major.
         minor = _rule_number(rule.minor)  # type: ignore[arg-type]
-        majors = [NVIDIA_MAJOR, *sorted({host.caps_major, *host.uvm_majors} - {None})]
+        majors = [NVIDIA_MAJOR, *sorted({host.caps_major, host.imex_major, *host.uvm_majors}
+                                        - {None})]
         found = [_classify_number("rule", rule.index, rule.label, m, minor, host)
                  for m in majors]  # type: ignore[arg-type]
         if host.majors is None:
@@ -394,14 +433,19 @@ def _classify_rule(rule: DeviceRule, host: Host) -> list[Reach]:
                           why="a wildcard minor on major 195 opens every GPU")]
         if host.majors is None and is_dynamic(major):
             return [Reach("rule", rule.index, rule.label, Reached.UNKNOWN,
-                          why=f"major {major} may be NVIDIA's and {host.error}",
+                          why=_unknown(major, host),
                           narrowable=False)]
         if host.majors is not None and major == host.caps_major:
             return [Reach("rule", rule.index, rule.label, Reached.ALL,
                           why="a wildcard minor on nvidia-caps opens every MIG device",
-                          narrowable=False)]
+                          narrowable=False, migs_only=True)]
         if host.majors is not None and major in host.uvm_majors:
             return [Reach("rule", rule.index, rule.label, Reached.CONTROL, why="nvidia-uvm")]
+        if host.majors is not None and major == host.imex_major:
+            # Narrowable: a rewrite replaces it by one rule per channel node kept.
+            return [Reach("rule", rule.index, rule.label, Reached.IMEX,
+                          why="a wildcard minor on nvidia-caps-imex-channels opens every "
+                          "IMEX channel")]
         return []
     minor = _rule_number(rule.minor)  # type: ignore[arg-type]
     reach = _classify_number("rule", rule.index, rule.label, major, minor, host)
@@ -437,7 +481,8 @@ def resolve(reaches: Iterable[Reach], inventory: Inventory) -> Exposure:
             migs = _migs_of_cap(inventory, by_minor.get(r.gpu_minor), r.gi, r.ci)  # type: ignore[arg-type]
             items.append(Exposed(r, migs, Reached.MIG if migs else Reached.NOT_LIVE))
         elif r.kind is Reached.ALL:
-            items.append(Exposed(r, tuple(inventory.devices()), Reached.ALL))
+            every = inventory.migs if r.migs_only else tuple(inventory.devices())
+            items.append(Exposed(r, every, Reached.ALL))
         else:
             items.append(Exposed(r, (), r.kind))
     return Exposure(tuple(items))
@@ -458,10 +503,12 @@ def devices_for_nodes(nodes: Sequence[DeviceNode], rules: Sequence[DeviceRule],
     return resolve(classify(nodes, rules, host, privileged), inventory)
 
 
-def kept_rules(rule: DeviceRule, minors: Iterable[int]) -> list[dict[str, object]]:
-    """A wildcard-minor rule on major 195 rewritten as one rule per kept minor (control
-    minors included, so nvidiactl keeps working), in the rule's own access."""
+def kept_rules(rule: DeviceRule, minors: Iterable[int], major: int = NVIDIA_MAJOR,
+               control: Iterable[int] = CONTROL_MINORS) -> list[dict[str, object]]:
+    """A wildcard-minor rule on ``major`` (195, or the IMEX channels' with no ``control``)
+    rewritten as one rule per kept minor (control minors included, so nvidiactl keeps
+    working), in the rule's own access."""
     kind = rule.type if rule.type in ("a", "c") else "c"
-    return [{"allow": True, "type": "c" if kind == "a" else kind, "major": NVIDIA_MAJOR,
+    return [{"allow": True, "type": "c" if kind == "a" else kind, "major": major,
              "minor": m, "access": rule.access}
-            for m in sorted(set(minors) | set(CONTROL_MINORS))]
+            for m in sorted(set(minors) | set(control))]

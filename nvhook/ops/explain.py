@@ -10,6 +10,7 @@ from nvhook.decision.decide import Outcome
 from nvhook.decision.evaluate import Evaluation, evaluate
 from nvhook.decision.request import Request, env_map, to_json
 from nvhook.errors import AllocationError, InventoryError
+from nvhook.gpus.devnodes import Reached
 from nvhook.kube import identity as identity_mod
 from nvhook.kube.allocation import matches, strip_replica
 from nvhook.leases.step import LeaseStep
@@ -80,6 +81,8 @@ def as_text(e: Evaluation, leases: LeaseStep | None = None) -> str:
         ("imex", imex_text(r)),
         ("nodes", "; ".join(f"{n.label} -> {n.kind.value}"
                                    + (f" {n.gpu_minor}" if n.gpu_minor is not None else "")
+                                   + (f" {n.as_json()['channel']}" if n.kind is Reached.IMEX
+                                      else "")
                                    for n in r.device_nodes) or "-"),
     ]
     if isinstance(e.inventory, InventoryError):
