@@ -4,6 +4,7 @@ Real runc creates the nodes (mknod 195:N in the container's tmpfs /dev: no drive
 to create one, only to open it), so each container lists its /dev to show which nodes it got.
 - runc with nvhook as the prestart hook: a hand-written CDI-shaped spec
   (NVIDIA_VISIBLE_DEVICES=void, linux.devices 195:1, a cgroup allow rule) is admitted or denied;
+  so is one with IMEX channel 0's node alone (no GPU, no NVIDIA variable), by policy.imex;
 - the runtime shim in rewrite mode removes a refused node and its cgroup rule before runc reads
   the spec;
 - the kubelet's allocation (a test kubelet) binds CDI nodes; a privileged kube-proxy-like pod
@@ -134,6 +135,52 @@ def test_runc_prestart(policy: str, runs: bool, nodes: list[str], granted: list[
     (line,) = audit(tmp_path)
     assert line["granted"] == granted
     assert recorder.read() is None or runs  # NVIDIA's hook is handed nothing it would refuse
+
+
+# -- runc, prestart: an IMEX channel node (CDI's nvidia.com/imex-channel=0) -----------------
+# The channel's major is the host's (nvidia-caps-imex-channels in /proc/devices): a test-owned
+# copy declares it, as nvhook's [inventory] proc-devices lets an operator point elsewhere.
+IMEX_MAJOR = 241
+CHANNEL0 = {"path": "/dev/nvidia-caps-imex-channels/channel0", "type": "c",
+            "major": IMEX_MAJOR, "minor": 0, "fileMode": 0o666}
+SHOW_CHANNELS = ["/bin/sh", "-c", f"ls -l /dev/nvidia-caps-imex-channels; echo {MARKER}"]
+
+
+@pytest.mark.parametrize(("caps", "runs", "imex"), [
+    P(None, False, [], id="unprivileged with channel 0's node: refused by the default policy.imex"),
+    P(["CAP_KILL", "CAP_SYS_ADMIN"], True, ["0"],
+      id="privileged with channel 0's node: runs, channel 0"),
+])
+def test_runc_prestart_imex_channel_node(caps: list[str] | None, runs: bool, imex: list[str],
+                                         bundle_factory: BundleFactory, recorder: Recorder,
+                                         fake_nvml: Path, tmp_path: Path) -> None:
+    from builders import HOST_PROC_DEVICES
+
+    proc_devices = tmp_path / "devices"
+    proc_devices.write_text(HOST_PROC_DEVICES)
+    assert f"{IMEX_MAJOR} nvidia-caps-imex-channels" in HOST_PROC_DEVICES
+    config = node_config(tmp_path, recorder, f'[inventory]\nproc-devices = "{proc_devices}"')
+    bundle = bundle_factory(args=SHOW_CHANNELS, env=["PATH=/bin"], caps_bounding=caps,
+                            hooks={"prestart": [prestart_hook(config, fake_nvml)]})
+    with_linux(bundle, {"devices": [CHANNEL0], "resources": {"devices": [
+        {"allow": False, "access": "rwm"},
+        {"allow": True, "type": "c", "major": IMEX_MAJOR, "minor": 0, "access": "rw"}]}})
+    result = run_runc(bundle, new_container_id())
+    output = result.stdout + result.stderr
+    if runs:
+        assert result.returncode == 0, output
+        assert f"{IMEX_MAJOR},   0" in output or f"{IMEX_MAJOR}, 0" in output, output
+    else:
+        assert result.returncode != 0 and MARKER not in output
+        assert ("nvhook: denied: linux.devices[0] /dev/nvidia-caps-imex-channels/channel0 "
+                f"(c {IMEX_MAJOR}:0): IMEX channel 0: an unprivileged container may not have "
+                "IMEX channels") in output, output
+    (line,) = audit(tmp_path)
+    assert line["imex_granted"] == imex
+    assert [c["via"] for c in line["request"]["imex"]["channels"]] == ["node", "node"]
+    # Denied: NVIDIA's hook never runs; admitted: it is handed the spec as it came (no GPU
+    # variable in it, so it attaches nothing), as for CDI GPU nodes.
+    assert recorder.read() is None or runs
 
 
 # -- the runtime shim, before creation -------------------------------------------------------
