@@ -143,7 +143,7 @@ def test_runc_prestart(policy: str, runs: bool, nodes: list[str], granted: list[
 IMEX_MAJOR = 241
 CHANNEL0 = {"path": "/dev/nvidia-caps-imex-channels/channel0", "type": "c",
             "major": IMEX_MAJOR, "minor": 0, "fileMode": 0o666}
-SHOW_CHANNELS = ["/bin/sh", "-c", f"ls -l /dev/nvidia-caps-imex-channels; echo {MARKER}"]
+SHOW_CHANNELS = ["/bin/sh", "-c", f"ls -l /dev/nvidia-caps-imex-channels 2>&1; echo {MARKER}"]
 
 
 @pytest.mark.parametrize(("caps", "runs", "imex"), [
@@ -217,13 +217,14 @@ def shim_create(bundle: Path, config: Path, tmp_path: Path) -> tuple[int, str, s
             proc.stdout.close()
 
 
-def shim_config(tmp_path: Path, policy: str, kube: str = "") -> Path:
+def shim_config(tmp_path: Path, policy: str, kube: str = "", inventory_extra: str = "") -> Path:
     inventory = tmp_path / "inventory.json"
     from builders import INVENTORY_JSON
 
     inventory.write_text(json.dumps(INVENTORY_JSON))
     config = tmp_path / "nvhook.toml"
     config.write_text(f'version = 1\n{policy}\n[inventory]\nsource = "file"\nfile = "{inventory}"\n'
+                      f"{inventory_extra}\n"
                       f'[delegate]\npath = ""\n[audit]\npath = "{tmp_path / "audit.jsonl"}"\n'
                       f'[runtime]\npath = "{find_binary("runc")}"\n{kube}')
     return config
@@ -261,6 +262,27 @@ def test_shim_enforce_denies_and_never_creates(bundle_factory: BundleFactory,
     rc, err, _ = shim_create(bundle, config, tmp_path)
     assert rc == 3 and err.startswith("nvhook: denied: linux.devices[0] /dev/nvidia1 (c 195:1)")
     assert (bundle / "config.json").read_bytes() == before
+
+
+def test_shim_rewrite_removes_a_refused_imex_channel_node(bundle_factory: BundleFactory,
+                                                          tmp_path: Path) -> None:
+    """Before creation, rewrite mode removes an unprivileged container's channel 0 node and its
+    rule; runc then creates the container without it."""
+    from builders import HOST_PROC_DEVICES
+
+    (tmp_path / "devices").write_text(HOST_PROC_DEVICES)
+    config = shim_config(tmp_path, '[policy]\nmode = "rewrite"',
+                         inventory_extra=f'proc-devices = "{tmp_path / "devices"}"')
+    bundle = with_linux(bundle_factory(args=SHOW_CHANNELS, env=["PATH=/bin"]), {
+        "devices": [CHANNEL0], "resources": {"devices": [
+            {"allow": True, "type": "c", "major": IMEX_MAJOR, "minor": 0, "access": "rw"}]}})
+    rc, err, out = shim_create(bundle, config, tmp_path)
+    assert (rc, err) == (0, ""), err
+    assert MARKER in out and f"{IMEX_MAJOR}," not in out, out
+    spec = json.loads((bundle / "config.json").read_text())
+    assert spec["linux"]["devices"] == [] and spec["linux"]["resources"]["devices"] == []
+    (line,) = audit(tmp_path)
+    assert (line["decision"], line["imex_granted"]) == ("rewrite", []), line
 
 
 # -- the kubelet's allocation (#10) ----------------------------------------------------------
