@@ -50,6 +50,16 @@ def checks(prefix: Path, name: str) -> list[str]:
         pytest.param({"default-runtime": "nvidia"},
                      ["warn  docker: {p}: no runtimes.nvhook",
                       "warn  docker: default runtime is 'nvidia'"], id="not installed"),
+        pytest.param('{"runtimes": {"nvhook": {"path": "{exe}", "runtimeArgs": ["runtime"], '
+                     '"Path": "/usr/bin/runc"}}, "default-runtime": "nvhook"}',
+                     ['fail  docker: {p}: runtimes.nvhook.Path: one key to Go\'s JSON with '
+                      '"path"'], id="a folded twin: dockerd runs the last one"),
+        pytest.param('{"default-runtime": "nvhook", "default-runtime": "runc"}',
+                     ["fail  docker: {p}: default-runtime: appears twice"],
+                     id="a repeated key"),
+        pytest.param('{"runtimes": {"nvhook": {"PATH": "{exe}", "runtimeArgs": ["runtime"]}}}',
+                     ['fail  docker: {p}: runtimes.nvhook.PATH: Go\'s JSON reads it as "path"'],
+                     id="a field in another case"),
     ],
 )
 def test_docker(tmp_path: Path, daemon_json: object, want: list[str]) -> None:

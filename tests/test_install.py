@@ -314,3 +314,20 @@ def test_unknown_engine_is_a_usage_error(prefix: Path) -> None:
     code, out = install(prefix, "--engine", "lxc")
     assert code == 2
     assert "unknown engine 'lxc'" in out
+
+
+@pytest.mark.parametrize("text", [
+    pytest.param('{"runtimes": {"runc": {"path": "runc"}, "nvidia": {"path": "x", "Path": "y"}}}',
+                 id="a folded twin in a runtime"),
+    pytest.param('{"debug": true, "debug": false}', id="a repeated key"),
+    pytest.param('{"Default-Runtime": "runc"}', id="a field in another case"),
+])
+def test_docker_file_go_reads_otherwise_is_left_alone(prefix: Path, text: str) -> None:
+    """dockerd decodes daemon.json with Go, which folds keys and merges repeats: an edit
+    based on Python's reading could leave Docker on another runtime than it says."""
+    target = put(prefix, "/etc/docker/daemon.json", text)
+    before = snapshot(prefix)
+    code, out = install(prefix, "--engine", "docker")
+    assert (code, out.count("\n")) == (4, 1), out
+    assert out.startswith(f"nvhook: {target}: ") and "left unchanged" in out
+    assert snapshot(prefix) == before

@@ -220,3 +220,51 @@ def _show(text: str) -> str:
     surrogates come out as escapes, so the line stays one line."""
     shown = json.dumps(text)
     return shown if len(shown) <= 80 else shown[:77] + '..."'
+
+
+def ambiguity(text: str, fields: frozenset[str]) -> str | None:
+    """Why Go's decoder could read the JSON ``text`` otherwise than Python's, or None.
+
+    For files nvhook reads but does not own (Docker's ``daemon.json``): the same key twice
+    in one object, two keys of one object that Go folds together, or a key that folds to
+    one of ``fields`` (the names nvhook reads) without being spelled exactly. Every object
+    is treated as a struct, so a map whose keys differ only in case is refused too; no real
+    file has one. Raises ``json.JSONDecodeError`` as ``json.loads`` does.
+    """
+    by_fold = {go_fold(f): f for f in fields}
+    stack: list[tuple[Any, tuple[str | int, ...]]] = [
+        (json.loads(text, object_pairs_hook=pairs_hook), ())]
+    while stack:
+        value, path = stack.pop()
+        if isinstance(value, list):
+            stack.extend((item, (*path, i)) for i, item in enumerate(value))
+            continue
+        if not isinstance(value, dict):
+            continue
+        keys = [k for k, _ in value.pairs] if isinstance(value, _Pairs) else list(value)
+        seen: dict[str, str] = {}
+        for key in keys:
+            fold = go_fold(key)
+            at = _json_path((*path, key))
+            if fold in seen:
+                return (f"{at}: appears twice" if seen[fold] == key else
+                        f"{at}: one key to Go's JSON with {_show(seen[fold])}")
+            seen[fold] = key
+            field = by_fold.get(fold)
+            if field is not None and key != field:
+                return f"{at}: Go's JSON reads it as {_show(field)}"
+        stack.extend((item, (*path, key)) for key, item in value.items())
+    return None
+
+
+def _json_path(path: tuple[str | int, ...]) -> str:
+    """``runtimes["nvhook"].path``-style, every key quoted where it is not a plain name."""
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part.replace("-", "").replace("_", "").isalnum() and part.isascii():
+            out += f".{part}" if out else part
+        else:
+            out += f"[{_show(part)}]"
+    return out

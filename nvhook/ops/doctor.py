@@ -562,7 +562,12 @@ def _ask(cmd: list[str]) -> subprocess.CompletedProcess[str] | None:
 
 
 def _docker(opts: Options) -> list[Check]:
-    from nvhook.ops.install import DOCKER_CONFIG, RUNTIME_NAME, docker_default
+    from nvhook.ops.install import (
+        DOCKER_CONFIG,
+        RUNTIME_NAME,
+        docker_ambiguity,
+        docker_default,
+    )
 
     path = under(opts.prefix, DOCKER_CONFIG)
     try:
@@ -578,6 +583,10 @@ def _docker(opts: Options) -> list[Check]:
                       "start", "fix the file")]
     if not isinstance(doc, dict):
         return [Check(Level.FAIL, "docker", f"{path}: not a JSON object")]
+    why = docker_ambiguity(data.decode("utf-8"))
+    if why is not None:
+        return [Check(Level.FAIL, "docker", f"{path}: {why}: dockerd (Go) may run another "
+                      "runtime than this file seems to say", "spell each key once and exactly")]
     runtimes = doc.get("runtimes") if isinstance(doc.get("runtimes"), dict) else {}
     entry = runtimes.get(RUNTIME_NAME)
     checks: list[Check] = []

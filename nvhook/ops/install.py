@@ -349,7 +349,22 @@ def _parse_json_object(path: Path, before: bytes | None) -> dict[str, Any]:
         ) from None
     if not isinstance(doc, dict):
         raise ConfigError(f"{path}:1: expected a JSON object; left unchanged")
+    why = docker_ambiguity(before.decode("utf-8"))
+    if why is not None:
+        raise ConfigError(f"{path}: {why}; dockerd (Go) could read the file otherwise than "
+                          "nvhook: left unchanged, spell each key once and exactly")
     return doc
+
+
+# The daemon.json keys nvhook reads or writes, as dockerd's Go structs spell them.
+DOCKER_FIELDS = frozenset({"runtimes", "default-runtime", "path", "runtimeArgs"})
+
+
+def docker_ambiguity(text: str) -> str | None:
+    """Why dockerd could read ``text`` otherwise than nvhook (gojson.ambiguity), or None."""
+    from nvhook.oci import gojson
+
+    return gojson.ambiguity(text, DOCKER_FIELDS)
 
 
 def docker_default(doc: dict[str, Any]) -> str:

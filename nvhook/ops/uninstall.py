@@ -28,6 +28,7 @@ from nvhook.ops.install import (
     KeyEdit,
     Plan,
     apply_changes,
+    docker_ambiguity,
     read_state,
     state_path,
 )
@@ -102,6 +103,10 @@ def _undo_keys(path: Path, current: bytes, fmt: Format, edits: list[KeyEdit]) ->
             doc: Any = json.loads(current.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise ConfigError(f"{path}: invalid JSON ({e}); left unchanged") from None
+        why = docker_ambiguity(current.decode("utf-8"))  # JSON here is daemon.json
+        if why is not None:
+            raise ConfigError(f"{path}: {why}; dockerd (Go) could read the file otherwise "
+                              "than nvhook: left unchanged")
     else:
         from nvhook.ops.install import parse_toml
 
