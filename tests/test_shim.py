@@ -430,3 +430,27 @@ def test_chained_nvidia_runtime_gets_the_argv_and_no_second_hook(
     assert f"NVIDIA_VISIBLE_DEVICES={fakenvml.GPU1_UUID}" in doc["process"]["env"]
     assert "hooks" not in doc or not doc["hooks"].get("prestart")
     assert not (tmp_path / "log.json").exists()
+
+
+@pytest.mark.parametrize(("nvidia_text", "env", "hooked"), [
+    pytest.param("", ["NVIDIA_VISIBLE_DEVICES=none"], True,
+                 id="none kept: NVIDIA's hook is added for the driver libraries"),
+    pytest.param('swarm-resource = "DOCKER_RESOURCE_GPU"\n', ["DOCKER_RESOURCE_GPU=none"], True,
+                 id="none through a swarm name set only in NVIDIA's config"),
+    pytest.param("accept-nvidia-visible-devices-envvar-when-unprivileged = false\n",
+                 ["NVIDIA_VISIBLE_DEVICES=none"], False,
+                 id="NVIDIA ignores an unprivileged env: nothing to attach, no hook"),
+])
+def test_shim_adds_nvidias_hook_for_none_as_nvidia_reads_it(
+        node: Node, tmp_path: Path, nvidia_text: str, env: list[str], hooked: bool) -> None:
+    rt = _fake_runtime(tmp_path)
+    nvct = tmp_path / "nvidia-config.toml"
+    nvct.write_text(nvidia_text)
+    node.write_config(f'[runtime]\npath = "{rt}"\n[delegate]\npath = ""\n'
+                      f'args = ["-config={nvct}", "prestart"]\n')
+    bundle = write_bundle(tmp_path / "b", env)
+    proc = node.run(["--config", str(node.config), "runtime", "create", "--bundle",
+                     str(bundle), "c1"], extra={"BUNDLE": str(bundle)})
+    assert (proc.returncode, proc.stderr) == (0, b"")
+    doc = json.loads((rt.parent / "seen.json").read_text())
+    assert bool(doc.get("hooks", {}).get("prestart")) is hooked, doc.get("hooks")

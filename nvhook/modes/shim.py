@@ -248,7 +248,9 @@ def wants_nvidia_hook(evaluation: Evaluation, doc: Mapping[str, Any], config: Co
     if decision.attached:
         return True
     final = spec_mod.from_document(evaluation.spec.path, dict(doc))
-    return parse(final, config.swarm_resource).env.devices.kind is Kind.NONE
+    # As NVIDIA's hook will read it: its channel order and its own swarm-resource names.
+    request = parse(final, nvidia=evaluation.request.nvidia.config)
+    return request.env_read and request.env.devices.kind is Kind.NONE
 
 
 def _has_nvidia_hook(doc: Mapping[str, Any]) -> bool:
