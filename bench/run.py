@@ -86,6 +86,9 @@ class Variant:
     rss_file: Path | None = None  # set: argv runs under the RSS probe, which writes here
     ns: list[int] = field(default_factory=list)
     rss_kib: list[int] = field(default_factory=list)
+    # CPU time (user + system, from wait4), in the JSON: wall time far above it means the
+    # process waited (a busy machine); the two close together, that the CPU itself ran slow.
+    cpu_ns: list[int] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
@@ -95,6 +98,7 @@ class Variant:
             "median_ms": median_ms(self.ns),
             "p90_ms": p90_ms(self.ns),
             "min_ms": min(self.ns) / 1e6 if self.ns else None,
+            "cpu_median_ms": median_ms(self.cpu_ns) if self.cpu_ns else None,
             "rss_kib_median": statistics.median(self.rss_kib) if self.rss_kib else None,
             "rss_kib_max": max(self.rss_kib) if self.rss_kib else None,
             "expect_rc": self.expect_rc,
@@ -136,6 +140,8 @@ def run_once(v: Variant, errfile: Path, keep: bool) -> None:
     if keep:
         v.ns.append(elapsed)
         v.rss_kib.append(int(v.rss_file.read_text()) if v.rss_file else usage.ru_maxrss)
+        if not v.rss_file:
+            v.cpu_ns.append(round((usage.ru_utime + usage.ru_stime) * 1e9))
 
 
 def measure(variants: Sequence[Variant], rounds: int, tmp: Path) -> None:
