@@ -84,8 +84,9 @@ def test_no_gpu_hook_imports_only_the_fast_path(
 FAKE_NVHOOK = "import sys\nsys.stderr.write('a foreign nvhook was imported\\n')\nsys.exit(99)\n"
 
 
-def python_dir(version: tuple[int, ...] = sys.version_info[:2]) -> str:
-    return f"python{version[0]}.{version[1]}"
+def python_dir() -> str:
+    """lib/pythonX.Y: the throwaway installs use this interpreter's version."""
+    return f"python{sys.version_info[0]}.{sys.version_info[1]}"
 
 
 @pytest.mark.parametrize("where", [
