@@ -150,9 +150,11 @@ def test_a_user_install_still_finds_itself(node: Node, tmp_path: Path, wheel: Pa
     home = tmp_path / "home"
     env = clean_env(node, HOME=str(home), **extra)
     base = Path(getattr(sys, "_base_executable", sys.executable))
-    # The user site of a throwaway HOME: nothing of the system's is touched.
-    regular_install.pip("install", "--user", "--no-deps", "--break-system-packages", wheel,
-                        python=base, env=env)
+    # The user site of a throwaway HOME: nothing of the system's is touched, so a distro's
+    # "externally managed" marker (PEP 668) does not apply.
+    managed = (Path(sysconfig.get_paths()["stdlib"]) / "EXTERNALLY-MANAGED").exists()
+    regular_install.pip("install", "--user", "--no-deps", wheel,
+                        *(["--break-system-packages"] if managed else []), python=base, env=env)
     user_site = home / ".local" / "lib" / python_dir() / "site-packages"
     (user_site / "nvhook-test-deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     script = home / ".local" / "bin" / "nvhook"
