@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nvhook.errors import AllocationError
-from nvhook.kube import cdi, checkpoint
 from nvhook.kube.identity import Identity
 from nvhook.oci.spec import DeviceNode
 
 if TYPE_CHECKING:  # podresources imports grpc: the GPU path only
     from nvhook.gpus.devnodes import Reach
+    from nvhook.kube.cdi import Resolved
     from nvhook.kube.podresources import Claim
 
 PODRESOURCES = "podresources"
@@ -49,7 +49,8 @@ class KubeSettings:
     resources: tuple[str, ...] = ("nvidia.com/gpu", "nvidia.com/gpu.shared", "nvidia.com/mig-*")
     timeout: float = 2.0
     unallocated: Unallocated = Unallocated.VOID
-    cdi_spec_dirs: tuple[Path, ...] = cdi.SPEC_DIRS
+    # CDI's own spec directories (kube.cdi reads them: imported only for DRA claims).
+    cdi_spec_dirs: tuple[Path, ...] = (Path("/etc/cdi"), Path("/var/run/cdi"))
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ class DraDevice:
     """A CDI name of one of the container's DRA claims, resolved through the CDI specs."""
 
     claim: str  # namespace/name
-    resolved: cdi.Resolved
+    resolved: Resolved
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,8 @@ class Allocation:
                                "devices": [{"resource": r, "id": i} for r, i in self.devices],
                                "cdi_devices": list(self.cdi_devices)}
         if self.dra:
+            from nvhook.kube import cdi
+
             out["dra"] = [{"claim": d.claim, **cdi.as_json(d.resolved)} for d in self.dra]
         return out
 
@@ -191,6 +194,8 @@ def dra_devices(settings: KubeSettings, claims: tuple[Claim, ...]
     for a name no readable spec defines: the container then fails closed."""
     if not claims:
         return ()
+    from nvhook.kube import cdi
+
     registry = cdi.load(settings.cdi_spec_dirs)
     out = []
     for claim in claims:
@@ -207,6 +212,8 @@ def _from_checkpoint(settings: KubeSettings, identity: Identity) -> Allocation |
     if not identity.pod_uid:
         raise AllocationError(f"{CHECKPOINT}: no pod UID in the annotations to look it up by")
     try:
+        from nvhook.kube import checkpoint
+
         entries = checkpoint.read(settings.checkpoint)
     except FileNotFoundError:
         raise AllocationError(f"{CHECKPOINT}: {settings.checkpoint} vanished") from None

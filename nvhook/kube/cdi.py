@@ -27,7 +27,6 @@ from typing import Any
 from nvhook import bounded
 from nvhook.errors import AllocationError
 
-SPEC_DIRS = (Path("/etc/cdi"), Path("/var/run/cdi"))
 # A spec is a few KiB; a node's spec directories hold a handful of them.
 MAX_SPEC_BYTES = 4 * 1024 * 1024
 MAX_SPECS = 1024
