@@ -59,7 +59,9 @@ def main() -> None:
 
 def _read_stdin() -> bytes:
     try:
-        return sys.stdin.buffer.read()
+        # Bounded: a state is a few hundred bytes; one byte more than the limit is enough
+        # for the state reader to refuse it, and /dev/zero on stdin cannot eat the memory.
+        return sys.stdin.buffer.read(MAX_STATE_BYTES + 1)
     except (OSError, ValueError, AttributeError):
         return b""
 

@@ -172,6 +172,19 @@ def test_precreate_stdin_is_bounded(node: Node) -> None:
     assert line == f"nvhook: <stdin>: larger than {scan.MAX_SPEC_BYTES} bytes, not an OCI config"
 
 
+@pytest.mark.parametrize("stage", ["prestart", "createRuntime"])
+def test_hook_stdin_is_bounded(node: Node, stage: str) -> None:
+    """The hook's own stdin (the state): /dev/zero there is refused as the oversized state
+    it is, within the address-space limit, through the fast path's own read."""
+    with open("/dev/zero", "rb") as zero:
+        proc = subprocess.run([str(NVHOOK), "--config", str(node.config), stage],
+                              stdin=zero, capture_output=True, timeout=120, check=False,
+                              env=node.env(), preexec_fn=limited)
+    assert proc.returncode == 5, proc.stderr
+    [line] = proc.stderr.decode().splitlines()
+    assert line.startswith("nvhook: ") and "larger than" in line, line
+
+
 @pytest.mark.parametrize(("make", "expected"), [
     pytest.param(lambda p: p.write_bytes(b"x" * 10), b"x" * 10, id="a regular file"),
     pytest.param(lambda p: p.write_bytes(b"x" * 11), bounded.TooLarge, id="one byte too many"),

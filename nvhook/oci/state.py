@@ -40,7 +40,9 @@ def decode(raw: bytes) -> dict[str, Any]:
     if not raw.strip():
         raise StateError("stdin: empty, expected the OCI state JSON from the runtime")
     if len(raw) > MAX_STATE_BYTES:
-        raise StateError(f"stdin: {len(raw)} bytes, more than an OCI state can be")
+        # Readers stop one byte past the limit, so the size itself is unknown here.
+        raise StateError(f"stdin: larger than {MAX_STATE_BYTES} bytes, more than an OCI state "
+                         "can be")
     try:
         doc = json.loads(raw.decode("utf-8"), object_pairs_hook=gojson.pairs_hook,
                          parse_int=gojson.parse_int, parse_constant=float)
