@@ -209,3 +209,20 @@ def policy(**overrides: Any) -> Policy:
 def env_values(env: Sequence[str], name: str) -> list[str]:
     """Every value ``name`` has in an env list, in order."""
     return [e.partition("=")[2] for e in env if e.partition("=")[0] == name and "=" in e]
+
+
+# A stand-in for the low-level runtime behind the shim: records its argv (and the spec it
+# was handed, when $BUNDLE names the bundle) next to itself, then exits 0.
+FAKE_RUNTIME = """#!/bin/sh
+printf '%s\\n' "$@" > "$(dirname "$0")/argv"
+cp "$BUNDLE/config.json" "$(dirname "$0")/seen.json" 2>/dev/null
+exit 0
+"""
+
+
+def fake_runtime(tmp_path: Path) -> Path:
+    exe = tmp_path / "rt" / "fakerunc"
+    exe.parent.mkdir()
+    exe.write_text(FAKE_RUNTIME)
+    exe.chmod(0o755)
+    return exe

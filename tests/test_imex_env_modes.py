@@ -13,22 +13,11 @@ from pathlib import Path
 
 import fakenvml
 import pytest
+from builders import fake_runtime
 from conftest import Node, runc_state, write_bundle
 
 GPU = f"NVIDIA_VISIBLE_DEVICES={fakenvml.GPU0_UUID}"
 ADMIN = ("CAP_SYS_ADMIN",)
-RUNTIME = """#!/bin/sh
-printf '%s\\n' "$@" > "$(dirname "$0")/argv"
-exit 0
-"""
-
-
-def fake_runtime(tmp_path: Path) -> Path:
-    exe = tmp_path / "rt" / "fakerunc"
-    exe.parent.mkdir()
-    exe.write_text(RUNTIME)
-    exe.chmod(0o755)
-    return exe
 
 
 def judge(node: Node, tmp_path: Path, mode: str, env: list[str], policy: str = "",

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import fakenvml
 import pytest
+from builders import fake_runtime
 from conftest import Node, write_bundle
 
 from nvhook.config import SAFE_PATH, Config
@@ -276,23 +277,10 @@ def test_runtime_name_is_lenient(tmp_path: Path, capsys: pytest.CaptureFixture[s
 
 # --- the shim as a process, with a fake runtime that records its argv and env ---------------
 
-FAKE_RUNTIME = """#!/bin/sh
-printf '%s\\n' "$@" > "$(dirname "$0")/argv"
-cp "$BUNDLE/config.json" "$(dirname "$0")/seen.json" 2>/dev/null
-exit 0
-"""
-
-
-def _fake_runtime(tmp_path: Path) -> Path:
-    exe = tmp_path / "rt" / "fakerunc"
-    exe.parent.mkdir()
-    exe.write_text(FAKE_RUNTIME)
-    exe.chmod(0o755)
-    return exe
 
 
 def test_shim_rewrites_then_execs_runtime_with_original_argv(node: Node, tmp_path: Path) -> None:
-    rt = _fake_runtime(tmp_path)
+    rt = fake_runtime(tmp_path)
     node.write_config(f'[runtime]\npath = "{rt}"\n[policy]\nmode = "rewrite"\nindices = "allow"\n')
     bundle = write_bundle(tmp_path / "b", ["NVIDIA_VISIBLE_DEVICES=1,0",
                                            "CUDA_VISIBLE_DEVICES=1,0"])
@@ -313,7 +301,7 @@ def test_shim_rewrites_then_execs_runtime_with_original_argv(node: Node, tmp_pat
 
 
 def test_shim_denial_never_runs_runtime(node: Node, tmp_path: Path) -> None:
-    rt = _fake_runtime(tmp_path)
+    rt = fake_runtime(tmp_path)
     node.write_config(f'[runtime]\npath = "{rt}"\n[policy]\nall = "never"\n')
     bundle = write_bundle(tmp_path / "b", ["NVIDIA_VISIBLE_DEVICES=all"])
     before = (bundle / "config.json").read_bytes()
@@ -327,7 +315,7 @@ def test_shim_denial_never_runs_runtime(node: Node, tmp_path: Path) -> None:
 
 
 def test_shim_leaves_non_gpu_bundle_byte_identical(node: Node, tmp_path: Path) -> None:
-    rt = _fake_runtime(tmp_path)
+    rt = fake_runtime(tmp_path)
     node.write_config(f'[runtime]\npath = "{rt}"\n')
     bundle = write_bundle(tmp_path / "b", ["PATH=/bin"])
     before = (bundle / "config.json").read_bytes()
@@ -338,7 +326,7 @@ def test_shim_leaves_non_gpu_bundle_byte_identical(node: Node, tmp_path: Path) -
 
 
 def test_shim_passes_other_subcommands_despite_broken_config(node: Node, tmp_path: Path) -> None:
-    rt = _fake_runtime(tmp_path)
+    rt = fake_runtime(tmp_path)
     node.config.write_text(f'[runtime]\npath = "{rt}"\n[policy]\nmode = "bogus"\n')
     proc = node.run(["--config", str(node.config), "runtime", "--root", "/r", "delete",
                      "--force", "c1"])
@@ -374,7 +362,7 @@ def test_shim_missing_runtime_is_one_line(node: Node, tmp_path: Path) -> None:
 def test_shim_judges_every_creating_subcommand_and_logs_for_containerd(
     node: Node, tmp_path: Path, sub: str, env: list[str], status: int, start: str
 ) -> None:
-    rt = _fake_runtime(tmp_path)
+    rt = fake_runtime(tmp_path)
     node.write_config(f'[runtime]\npath = "{rt}"\n[policy]\nall = "never"\n')
     bundle = write_bundle(tmp_path / "b", env)
     log = tmp_path / "log.json"
@@ -443,7 +431,7 @@ def test_chained_nvidia_runtime_gets_the_argv_and_no_second_hook(
 ])
 def test_shim_adds_nvidias_hook_for_none_as_nvidia_reads_it(
         node: Node, tmp_path: Path, nvidia_text: str, env: list[str], hooked: bool) -> None:
-    rt = _fake_runtime(tmp_path)
+    rt = fake_runtime(tmp_path)
     nvct = tmp_path / "nvidia-config.toml"
     nvct.write_text(nvidia_text)
     node.write_config(f'[runtime]\npath = "{rt}"\n[delegate]\npath = ""\n'
