@@ -14,6 +14,8 @@ from pathlib import Path
 
 import fakenvml
 import pytest
+from builders import node as device_node
+from builders import rule as device_rule
 from conftest import NVHOOK, Node, runc_state, write_bundle
 
 from nvhook.decision.policy import LeaseMode, LeasePolicy
@@ -111,6 +113,46 @@ def stop_hook(node: Node, tmp_path: Path, cid: str, args: tuple[str, ...] = ("pr
 def denial(proc: subprocess.CompletedProcess[bytes]) -> str:
     assert proc.returncode == 3, proc.stderr
     return proc.stderr.decode().splitlines()[0]
+
+
+# -- a GPU injected as a device node is leased like a named one ---------------------------------
+
+
+def start_with_node(node: Node, tmp_path: Path, cid: str, pid: int | None, minor: int
+                    ) -> subprocess.CompletedProcess[bytes]:
+    """A CDI-shaped container: void in the env, the GPU as a node (at a path of its own
+    choosing) plus its cgroup rule; unprivileged."""
+    linux = {"devices": [device_node(f"/dev/gpu{minor}", 195, minor)],
+             "resources": {"devices": [device_rule(minor=minor)]}}
+    bundle = write_bundle(tmp_path / cid, ["NVIDIA_VISIBLE_DEVICES=void"],
+                          extra={"linux": linux})
+    return node.run(["--config", str(node.config), "prestart"],
+                    stdin=runc_state(bundle, cid, pid=pid))
+
+
+@pytest.mark.parametrize("first_by, second_by", [
+    pytest.param("node", "env", id="node first, then the env names the same GPU"),
+    pytest.param("env", "node", id="env first, then a node for the same GPU"),
+    pytest.param("node", "node", id="two nodes for one GPU"),
+])
+def test_a_device_node_takes_and_meets_the_lease(node: Node, tmp_path: Path,
+                                                 containers: Containers, first_by: str,
+                                                 second_by: str) -> None:
+    lease_config(node)
+
+    def run(cid: str, by: str) -> subprocess.CompletedProcess[bytes]:
+        pid = containers.start(cid)
+        if by == "node":
+            return start_with_node(node, tmp_path, cid, pid, 0)  # GPU 0 has NVML minor 0
+        return start(node, tmp_path, cid, pid, GPU0)
+
+    first = run("first", first_by)
+    assert first.returncode == 0, first.stderr
+    assert holders(node) == {GPU0: ["first"]}
+    second = run("second", second_by)
+    # The node and its cgroup rule are two violations of one lease: the line names the first.
+    assert f"{GPU0} is leased exclusively by container first (policy.leases)" in denial(second)
+    assert holders(node) == {GPU0: ["first"]}
 
 
 # -- two exclusive containers, one GPU --------------------------------------------------------
