@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import re
 
-# C0 and DEL, C1, U+2028/U+2029 (line/paragraph separators), lone surrogates.
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+# C0 and DEL, C1, U+2028/U+2029 (line/paragraph separators), lone surrogates. A pattern
+# string: re compiles it (and caches it) the first time a string needs it.
+_UNSAFE = "[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]"
 
 
 def _escape(m: re.Match[str]) -> str:
@@ -20,4 +21,8 @@ def _escape(m: re.Match[str]) -> str:
 
 def one_line(text: str) -> str:
     """``text`` with every unsafe character shown as ``\\xNN`` or ``\\uNNNN``."""
-    return _UNSAFE.sub(_escape, text)
+    # Printable ASCII, almost every string the hook shows, holds none of them (in ASCII,
+    # str.isprintable is false exactly for C0 and DEL): no regex, no compile on the GPU path.
+    if text.isascii() and text.isprintable():
+        return text
+    return re.sub(_UNSAFE, _escape, text)

@@ -223,8 +223,9 @@ def parse_proc_devices(text: str) -> dict[str, int]:
     return majors
 
 
-_GI_CAP = re.compile(r"^gpu(\d+)/gi(\d+)/access$")
-_CI_CAP = re.compile(r"^gpu(\d+)/gi(\d+)/ci(\d+)/access$")
+# Pattern strings: re compiles them on first use, on a host with a mig-minors file only.
+_GI_CAP = r"^gpu(\d+)/gi(\d+)/access$"
+_CI_CAP = r"^gpu(\d+)/gi(\d+)/ci(\d+)/access$"
 
 
 def parse_mig_minors(text: str) -> dict[int, MigCap]:
@@ -238,9 +239,9 @@ def parse_mig_minors(text: str) -> dict[int, MigCap]:
         name, minor = parts[0], int(parts[1])
         if name in ("config", "monitor"):
             caps[minor] = MigCap(name)
-        elif m := _CI_CAP.match(name):
+        elif m := re.match(_CI_CAP, name):
             caps[minor] = MigCap(name, int(m[1]), int(m[2]), int(m[3]))
-        elif m := _GI_CAP.match(name):
+        elif m := re.match(_GI_CAP, name):
             caps[minor] = MigCap(name, int(m[1]), int(m[2]))
     return caps
 

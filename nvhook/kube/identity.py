@@ -28,8 +28,9 @@ KEYS: dict[str, tuple[str, str]] = {
 SANDBOX = "sandbox"
 
 # The kubelet's cgroup layouts: cgroupfs ".../pod<uid>/..." and systemd
-# "kubepods-<qos>-pod<uid with _ for ->.slice".
-_CGROUP_UID = re.compile(
+# "kubepods-<qos>-pod<uid with _ for ->.slice". A pattern string: re compiles it on first
+# use, for a CRI container only.
+_CGROUP_UID = (
     r"pod([0-9a-fA-F]{8}[-_][0-9a-fA-F]{4}[-_][0-9a-fA-F]{4}[-_][0-9a-fA-F]{4}[-_][0-9a-fA-F]{12})"
 )
 
@@ -84,7 +85,7 @@ class Identity:
 def cgroup_uid(cgroups_path: str | None) -> str | None:
     if not cgroups_path:
         return None
-    m = _CGROUP_UID.search(cgroups_path)
+    m = re.search(_CGROUP_UID, cgroups_path)
     return m.group(1).replace("_", "-").lower() if m else None
 
 

@@ -53,7 +53,8 @@ _MAPS = frozenset({
 # interface{} in Go: every object below decodes into map[string]interface{}.
 _ANY = frozenset({("windows", "credentialSpec")})
 
-_SURROGATE = re.compile("[\ud800-\udfff]")
+# A pattern string: re compiles it on first use, for a non-ASCII string only.
+_SURROGATE = "[\ud800-\udfff]"
 STRUCT, MAP, ANY = 0, 1, 2
 
 
@@ -158,7 +159,7 @@ def _check_object(obj: dict[str, Any], path: tuple[str | int, ...], mode: int,
     at = show_path(path)
     seen: dict[str, str] = {}
     for key in keys:
-        if not key.isascii() and _SURROGATE.search(key):
+        if not key.isascii() and re.search(_SURROGATE, key):
             raise SpecError(f"{where}: {at}: key {_show(key)} holds a lone UTF-16 surrogate, "
                             "which Go reads as U+FFFD")
         if mode != STRUCT:
@@ -187,7 +188,7 @@ def _check_object(obj: dict[str, Any], path: tuple[str | int, ...], mode: int,
 
 def _check_scalar(value: Any, path: tuple[str | int, ...], where: str) -> None:
     if isinstance(value, str):
-        if not value.isascii() and _SURROGATE.search(value):
+        if not value.isascii() and re.search(_SURROGATE, value):
             raise SpecError(f"{where}: {show_path(path)}: a lone UTF-16 surrogate "
                             f"({_show(value)}), which Go reads as U+FFFD")
     elif isinstance(value, _LongInt):
