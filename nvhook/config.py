@@ -28,8 +28,8 @@ from nvhook.decision.policy import (
     effective,
 )
 from nvhook.errors import ConfigError
-from nvhook.kube.allocation import SOURCES, Binding, KubeSettings, Unallocated
 from nvhook.kube.identity import Identity
+from nvhook.kube.settings import SOURCES, Binding, KubeSettings, Unallocated
 from nvhook.nvidia.delegate import DELEGATE_CANDIDATES as DELEGATE_CANDIDATES
 from nvhook.nvidia.delegate import SAFE_PATH as SAFE_PATH
 from nvhook.nvidia.delegate import DelegateSettings

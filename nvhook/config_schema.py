@@ -24,7 +24,7 @@ from typing import Any
 
 from nvhook.decision import policy as p
 from nvhook.decision.request import ALL_DRIVER_CAPABILITIES
-from nvhook.kube.allocation import SOURCES, Binding, KubeSettings, Unallocated
+from nvhook.kube.settings import SOURCES, Binding, KubeSettings, Unallocated
 from nvhook.nvidia.delegate import SAFE_PATH
 
 TRUST = tuple(t.value for t in p.Trust)

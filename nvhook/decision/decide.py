@@ -19,7 +19,7 @@ import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nvhook.decision.policy import (
     AllocationRule,
@@ -54,9 +54,12 @@ from nvhook.errors import AllocationError, InventoryError
 from nvhook.gpus import devnodes
 from nvhook.gpus.devnodes import Reach, Reached
 from nvhook.gpus.inventory import Device, Gpu, IdForm, Inventory, MigDevice, Resolution, Unresolved
-from nvhook.kube.allocation import Allocation, Unallocated
+from nvhook.kube.settings import Unallocated
 from nvhook.oci.spec import DEVICE_MOUNT_ROOT, Spec
 from nvhook.safetext import one_line
+
+if TYPE_CHECKING:  # kube.allocation: imported by evaluate for a CRI container only
+    from nvhook.kube.allocation import Allocation
 
 GPU_CDI_KIND = "nvidia.com/gpu"
 # CDI kinds of NVIDIA's that attach no GPU: not judged as GPUs (IMEX has its own rules).
@@ -150,7 +153,8 @@ def decide(request: Request, inventory: Inventory | InventoryError, policy: Poli
                            "OCI env syntax", fixable=False)
         return Decision(Outcome.DENY, policy, violations=(failed,), env=spec.env)
     if isinstance(inventory, InventoryError):
-        if needs_inventory(request) or (isinstance(allocation, Allocation) and allocation.ids):
+        if needs_inventory(request) or (allocation is not None and not isinstance(
+                allocation, AllocationError) and allocation.ids):
             failed = Violation(_first_label(request), f"GPU inventory unavailable: {inventory}",
                                "fail closed")
             return Decision(Outcome.DENY, policy, violations=(failed,), env=spec.env)

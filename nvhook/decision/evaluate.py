@@ -6,6 +6,7 @@ import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from nvhook.config import Config
 from nvhook.decision.decide import Decision, allocated_devices, decide, needs_inventory
@@ -15,13 +16,15 @@ from nvhook.errors import AllocationError, InventoryError
 from nvhook.gpus import devnodes, source
 from nvhook.gpus import inventory as inventory_mod
 from nvhook.gpus.inventory import Inventory
-from nvhook.kube import allocation as allocation_mod
 from nvhook.kube import identity as identity_mod
-from nvhook.kube.allocation import Allocation, Unallocated
 from nvhook.kube.identity import Identity
+from nvhook.kube.settings import Binding, Unallocated
 from nvhook.nvidia import config as nvidia_config
 from nvhook.nvidia.config import NvidiaConfig, NvidiaConfigError
 from nvhook.oci.spec import Spec
+
+if TYPE_CHECKING:  # kube.allocation: imported for a CRI container only (bind_allocation)
+    from nvhook.kube.allocation import Allocation
 
 
 @dataclass(frozen=True)
@@ -78,28 +81,12 @@ def evaluate(spec: Spec, config: Config, inventory_file: Path | None = None,
     policy = config.policy_for(spec.annotations, identity)
     allocation: Allocation | AllocationError | None = None
     unallocated = config.kubernetes.unallocated
-    if request.bindable and identity is not None and identity.sandbox and \
-            config.kubernetes.allocation is not allocation_mod.Binding.OFF:
-        # The pod sandbox (pause) runs no workload and has no allocation to look up: it is
-        # skipped, and a GPU request it carries anyway is replaced by void.
-        allocation = Allocation("sandbox", identity)
-        unallocated = Unallocated.VOID
-    elif (request.bindable and identity is not None
-            and allocation_mod.applies(config.kubernetes, identity)):
-        # Read even for an exempt pod, so explain and the audit line show the allocation.
-        try:
-            allocation = allocation_mod.lookup(config.kubernetes, identity)
-        except AllocationError as e:
-            allocation = e
-        if isinstance(allocation, Allocation) and allocation.dra:
-            # DRA devices are CDI device nodes: what they are is their number on this host.
-            dra_host = host if host is not NO_HOST else devnodes.load_host(
-                config.inventory.proc_devices, config.inventory.mig_minors)
-            allocation = dataclasses.replace(allocation, dra_reaches=devnodes.classify(
-                allocation.dra_nodes(), (), dra_host))
+    if request.bindable and identity is not None:
+        allocation, unallocated = bind_allocation(config, identity, host, unallocated)
     inventory: Inventory | InventoryError | None = None
     if request.asks_for_devices and (
-        needs_inventory(request) or (isinstance(allocation, Allocation)
+        needs_inventory(request) or (allocation is not None
+                                     and not isinstance(allocation, AllocationError)
                                      and bool(allocation.ids or allocation.dra_reaches))
     ):
         inventory = read_inventory(config, inventory_file)
@@ -114,6 +101,34 @@ def evaluate(spec: Spec, config: Config, inventory_file: Path | None = None,
     )
     return Evaluation(spec, request, policy, inventory, decision, time.monotonic() - started,
                       identity, allocation, unallocated, before_create)
+
+
+def bind_allocation(config: Config, identity: Identity, host: devnodes.Host,
+                    unallocated: Unallocated
+                    ) -> tuple[Allocation | AllocationError | None, Unallocated]:
+    """The kubelet's allocation of a CRI container's GPU request (None: not bound to one),
+    and what an empty one turns into. kube.allocation is imported here: a container without
+    a CRI identity never defines its types."""
+    from nvhook.kube import allocation as allocation_mod
+
+    if identity.sandbox and config.kubernetes.allocation is not Binding.OFF:
+        # The pod sandbox (pause) runs no workload and has no allocation to look up: it is
+        # skipped, and a GPU request it carries anyway is replaced by void.
+        return allocation_mod.Allocation("sandbox", identity), Unallocated.VOID
+    if not allocation_mod.applies(config.kubernetes, identity):
+        return None, unallocated
+    # Read even for an exempt pod, so explain and the audit line show the allocation.
+    try:
+        allocation = allocation_mod.lookup(config.kubernetes, identity)
+    except AllocationError as e:
+        return e, unallocated
+    if allocation.dra:
+        # DRA devices are CDI device nodes: what they are is their number on this host.
+        dra_host = host if host is not NO_HOST else devnodes.load_host(
+            config.inventory.proc_devices, config.inventory.mig_minors)
+        allocation = dataclasses.replace(allocation, dra_reaches=devnodes.classify(
+            allocation.dra_nodes(), (), dra_host))
+    return allocation, unallocated
 
 
 def read_nvidia_config(config: Config, spec: Spec,

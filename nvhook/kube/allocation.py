@@ -11,47 +11,23 @@ from __future__ import annotations
 
 import fnmatch
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nvhook.errors import AllocationError
 from nvhook.kube.identity import Identity
+from nvhook.kube.settings import CHECKPOINT as CHECKPOINT
+from nvhook.kube.settings import PODRESOURCES as PODRESOURCES
+from nvhook.kube.settings import SOURCES as SOURCES
+from nvhook.kube.settings import Binding as Binding
+from nvhook.kube.settings import KubeSettings as KubeSettings
+from nvhook.kube.settings import Unallocated as Unallocated
 from nvhook.oci.spec import DeviceNode
 
 if TYPE_CHECKING:  # podresources imports grpc: the GPU path only
     from nvhook.gpus.devnodes import Reach
     from nvhook.kube.cdi import Resolved
     from nvhook.kube.podresources import Claim
-
-PODRESOURCES = "podresources"
-CHECKPOINT = "checkpoint"
-SOURCES = (PODRESOURCES, CHECKPOINT)
-
-
-class Binding(StrEnum):
-    AUTO = "auto"  # on when the container has a CRI identity and a source exists
-    ON = "on"  # required: no readable source is a denial
-    OFF = "off"
-
-
-class Unallocated(StrEnum):
-    VOID = "void"  # a GPU request with no allocation runs without GPUs, audited
-    DENY = "deny"
-
-
-@dataclass(frozen=True)
-class KubeSettings:
-    allocation: Binding = Binding.AUTO
-    socket: Path = Path("/var/lib/kubelet/pod-resources/kubelet.sock")
-    checkpoint: Path = Path("/var/lib/kubelet/device-plugins/kubelet_internal_checkpoint")
-    sources: tuple[str, ...] = SOURCES
-    resources: tuple[str, ...] = ("nvidia.com/gpu", "nvidia.com/gpu.shared", "nvidia.com/mig-*")
-    timeout: float = 2.0
-    unallocated: Unallocated = Unallocated.VOID
-    # CDI's own spec directories (kube.cdi reads them: imported only for DRA claims).
-    cdi_spec_dirs: tuple[Path, ...] = (Path("/etc/cdi"), Path("/var/run/cdi"))
-
 
 @dataclass(frozen=True)
 class DraDevice:
