@@ -52,6 +52,8 @@ MIG_MINORS = Path("/proc/driver/nvidia-caps/mig-minors")
 
 @dataclass(frozen=True)
 class InventorySettings:
+    """Where the live GPU inventory and the host's device numbers are read from."""
+
     source: InventorySource = InventorySource.NVML
     file: Path | None = None
     timeout: float = 5.0
@@ -62,6 +64,8 @@ class InventorySettings:
 
 @dataclass(frozen=True)
 class Config:
+    """nvhook's config.toml, read and checked (``load``); the defaults without a file."""
+
     path: Path | None = None  # None: built-in defaults
     policy: Policy = field(default_factory=Policy)
     rules: tuple[Rule, ...] = ()

@@ -75,6 +75,8 @@ class Outcome(StrEnum):
 
 @dataclass(frozen=True)
 class Violation:
+    """One thing a policy refuses in the request, as the denial line names it."""
+
     label: str  # the variable (or mount, annotation) and its value
     problem: str
     rule: str
@@ -87,6 +89,8 @@ class Violation:
 
 @dataclass(frozen=True)
 class Decision:
+    """The verdict on one request: what is granted, what is refused, the env after it."""
+
     outcome: Outcome
     policy: Policy
     # Every device the container gets: what NVIDIA's hook attaches and what its device

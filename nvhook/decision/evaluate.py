@@ -29,6 +29,8 @@ if TYPE_CHECKING:  # kube.allocation: imported for a CRI container only (bind_al
 
 @dataclass(frozen=True)
 class Evaluation:
+    """Everything one judgement saw and decided, for the hook, ``explain`` and the audit line."""
+
     spec: Spec
     request: Request
     policy: Policy

@@ -124,6 +124,8 @@ IDENTITY_FIELDS = ("namespace", "pod", "container")
 
 @dataclass(frozen=True)
 class Rule:
+    """A ``[[rules]]`` entry: the policy keys it overrides for the pods its patterns match."""
+
     name: str
     annotations: tuple[tuple[str, re.Pattern[str]], ...]
     overrides: Mapping[str, Any]

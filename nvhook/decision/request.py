@@ -85,6 +85,8 @@ class Kind(StrEnum):
 
 @dataclass(frozen=True)
 class VisibleDevices:
+    """``NVIDIA_VISIBLE_DEVICES`` as NVIDIA's hook classifies it, with its device ids."""
+
     kind: Kind
     ids: tuple[str, ...] = ()
 
@@ -226,6 +228,8 @@ class MalformedEnv:
 
 @dataclass(frozen=True)
 class Request:
+    """What a container asks for, channel by channel (``parse``)."""
+
     env: EnvChannel
     mounts: tuple[MountRequest, ...]
     cdi: tuple[CdiRequest, ...]

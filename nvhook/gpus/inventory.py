@@ -26,6 +26,8 @@ from nvhook.errors import InventoryError
 
 @dataclass(frozen=True)
 class Gpu:
+    """One physical GPU of the live inventory."""
+
     index: int
     uuid: str
     pci_bus_id: str
@@ -36,6 +38,8 @@ class Gpu:
 
 @dataclass(frozen=True)
 class MigDevice:
+    """One MIG device of the live inventory (a GPU instance and compute instance)."""
+
     parent: str  # the parent GPU's UUID
     parent_index: int
     position: int  # n in "<gpu>:<n>": order among the parent's existing MIG devices
@@ -68,6 +72,8 @@ class IdForm(StrEnum):
 
 @dataclass(frozen=True)
 class Resolution:
+    """A requested device id and the live devices it names."""
+
     id: str
     form: IdForm
     devices: tuple[Device, ...]
@@ -103,6 +109,8 @@ def looks_like_uuid(device_id: str) -> bool:
 
 @dataclass(frozen=True)
 class Inventory:
+    """The node's GPUs and MIG devices, from NVML or an inventory file."""
+
     gpus: tuple[Gpu, ...]
     migs: tuple[MigDevice, ...]
     driver_version: str | None = None

@@ -46,6 +46,8 @@ class Node:
 
 @dataclass(frozen=True)
 class Spec:
+    """One CDI spec file: its kind and its devices' nodes by device name."""
+
     path: Path
     kind: str
     devices: dict[str, tuple[Node, ...]] = field(compare=False)  # name -> its nodes

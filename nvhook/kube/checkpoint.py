@@ -21,6 +21,8 @@ MAX_BYTES = 16 * 1024 * 1024
 
 @dataclass(frozen=True)
 class Entry:
+    """One checkpoint entry: the device ids the kubelet gave a container for a resource."""
+
     pod_uid: str
     container: str
     resource: str

@@ -37,6 +37,8 @@ _CGROUP_UID = (
 
 @dataclass(frozen=True)
 class Identity:
+    """The pod a CRI container belongs to, from either runtime's annotations."""
+
     runtime: str  # which runtime's keys carried it: "containerd" or "cri-o"
     namespace: str | None
     pod: str | None

@@ -28,6 +28,8 @@ _M = TypeVar("_M", pb.GetPodResourcesResponse, pb.ListPodResourcesResponse)
 
 @dataclass(frozen=True)
 class Devices:
+    """The device ids of one resource the kubelet allocated to a container."""
+
     resource: str
     device_ids: tuple[str, ...]
 
@@ -43,6 +45,8 @@ class Claim:
 
 @dataclass(frozen=True)
 class Container:
+    """A container of the pod as PodResources lists it: its devices and DRA claims."""
+
     name: str
     devices: tuple[Devices, ...]
     claims: tuple[Claim, ...] = ()
@@ -61,6 +65,8 @@ class Method(StrEnum):
 
 @dataclass(frozen=True)
 class Pod:
+    """A pod as PodResources answered for it, and which call answered."""
+
     namespace: str
     name: str
     containers: tuple[Container, ...]

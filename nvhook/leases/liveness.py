@@ -30,6 +30,8 @@ def boot_id() -> str:
 
 @dataclass(frozen=True)
 class Process:
+    """What ``/proc/PID/stat`` says of a lease holder: its state and start time."""
+
     state: str  # /proc/PID/stat field 3: R, S, D, Z, X, ...
     start: int  # field 22: start time in clock ticks after boot
 

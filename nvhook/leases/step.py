@@ -29,6 +29,8 @@ from nvhook.leases.table import Lease, LeaseTableError, Table
 
 @dataclass(frozen=True)
 class Stale:
+    """A lease to reclaim (its holder is gone, or the node rebooted), and why."""
+
     lease: Lease
     why: str
 

@@ -61,6 +61,8 @@ class Lease:
 
 @dataclass(frozen=True)
 class Table:
+    """The lease table as read from its file (or an empty one), and the boot it is of."""
+
     boot_id: str | None  # None: an empty table that was never written
     leases: tuple[Lease, ...] = ()
     format: int = FORMAT  # the format it was read in

@@ -21,6 +21,8 @@ DELEGATE_CANDIDATES = ("nvidia-container-runtime-hook", "nvidia-container-toolki
 
 @dataclass(frozen=True)
 class DelegateSettings:
+    """The ``[delegate]`` table: NVIDIA's hook, run after an allow, and its argv and env."""
+
     path: str | None = None  # None: look up DELEGATE_CANDIDATES; "": policy only
     args: tuple[str, ...] = ("prestart",)
     env: tuple[str, ...] = (f"PATH={SAFE_PATH}",)

@@ -30,6 +30,8 @@ _TMP_PREFIX = f".{CONFIG_NAME}.nvhook-"
 
 @dataclass(frozen=True)
 class Mount:
+    """A ``mounts`` entry of the spec, as far as a request reads it."""
+
     source: str
     destination: str
 

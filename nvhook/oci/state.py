@@ -18,6 +18,8 @@ SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "oci-state.js
 
 @dataclass(frozen=True)
 class State:
+    """The OCI state the runtime writes on the hook's stdin."""
+
     id: str
     bundle: Path
     status: str
