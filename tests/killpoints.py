@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, NoReturn
 
 WRAPPED = ("open", "write", "fsync", "close", "replace", "rename", "fchmod", "fchown",
            "ftruncate", "unlink")
@@ -219,6 +219,15 @@ def _main(argv: list[str]) -> None:
     stepper.point("start")
     from nvhook import entry
 
+    # The hook leaves through os._exit (entry.leave), past any finally here: the last point
+    # is passed on the way out.
+    real_exit = os._exit
+
+    def exit_done(status: int) -> NoReturn:
+        stepper.point(DONE)
+        real_exit(status)
+
+    os._exit = exit_done
     try:
         entry.main()
     finally:

@@ -27,15 +27,18 @@ def undocumented():
                   for k, o in vars(m).items()
                   if isinstance(o, type) and dataclasses.is_dataclass(o)
                   and o.__module__ == name and (o.__doc__ or "").startswith(o.__name__ + "("))
-def report(code):
+def report(code, via="exit"):
     heavy = sorted({m.split(".")[0] for m in sys.modules} & set(HEAVY))
-    print(json.dumps({"code": code, "heavy": heavy, "modules": sorted(sys.modules),
+    print(json.dumps({"code": code, "via": via, "heavy": heavy, "modules": sorted(sys.modules),
                       "undocumented": undocumented()}), file=sys.stderr, flush=True)
-real_execve = os.execve
+real_execve, real_exit = os.execve, os._exit
 def execve(*args):
     report("exec")
     real_execve(*args)
-os.execve = execve
+def _exit(status):
+    report(status, via="_exit")
+    real_exit(status)
+os.execve, os._exit = execve, _exit
 sys.argv = ["nvhook", *sys.argv[1:]]
 try:
     runpy.run_module("nvhook", run_name="__main__")
@@ -79,7 +82,8 @@ def probe(node: Node, args: list[str], stdin: bytes) -> dict:
 def test_no_gpu_container_takes_the_fast_path(node: Node, tmp_path: Path, env: list[str]) -> None:
     bundle = write_bundle(tmp_path / "b", env)
     out = probe(node, ["--config", str(node.config), "prestart"], runc_state(bundle))
-    assert (out["code"], out["heavy"]) == (0, [])
+    # Left through os._exit (entry.leave): no interpreter teardown on any container start.
+    assert (out["code"], out["via"], out["heavy"]) == (0, "_exit", [])
     assert node.audit_lines() == []
 
 
@@ -109,6 +113,9 @@ def test_gpu_request_takes_the_full_path(node: Node, tmp_path: Path, env: list[s
     bundle = write_bundle(tmp_path / "b", env)
     out = probe(node, ["--config", str(node.config), "prestart"], runc_state(bundle))
     assert out["code"] == code
+    # Exits skip the interpreter's teardown of the GPU path's modules (entry.leave: ~11 ms);
+    # an allow handed on execs the delegate, which skips it as well.
+    assert out["via"] == ("exit" if code == "exec" else "_exit")
     assert "nvhook.decision.decide" in out["modules"]  # the full path ran
     # The full hook path runs without the typer app, and a valid state needs no jsonschema;
     # a container with no CRI pod identity never loads the kubelet's gRPC client, and one
@@ -243,3 +250,22 @@ def test_failing_audit_write_never_fails_the_container(node: Node, tmp_path: Pat
     proc = node.run(["--config", str(node.config), "prestart"], stdin=runc_state(bundle))
     assert proc.returncode == 0
     assert proc.stderr.decode().startswith("nvhook: warning: audit log")
+
+
+@pytest.mark.parametrize("code,status,stderr", [
+    pytest.param("None", 0, "", id="None: 0"),
+    pytest.param("3", 3, "", id="an int: that status"),
+    pytest.param("'nvhook: text'", 1, "nvhook: text\n", id="text: printed, 1 (as sys.exit)"),
+])
+def test_leave_exits_as_sys_exit_does_with_its_output_flushed(code: str, status: int,
+                                                              stderr: str) -> None:
+    """entry.leave skips the interpreter's teardown (os._exit): what was written to stdout
+    and stderr, even without a newline, must still reach their readers."""
+    script = ("import sys\nfrom nvhook.entry import leave\n"
+              "sys.stdout.write('out, no newline')\nsys.stderr.write('err, no newline|')\n"
+              f"leave({code})\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=60,
+                          check=False)
+    assert proc.returncode == status
+    assert proc.stdout == b"out, no newline"
+    assert proc.stderr.decode() == "err, no newline|" + stderr
