@@ -51,6 +51,13 @@ def main() -> None:
         fast = fast_path(raw, config_option(argv))
         if fast is True:
             leave(0)
+        # No cyclic garbage collection in the hook process: its passes over the GPU path's
+        # ~150 modules while they import cost ~5 ms of every GPU decision, more than the
+        # cyclic garbage of one bounded-input run that exits in milliseconds ever holds
+        # (reference counting still frees everything else at once).
+        import gc
+
+        gc.disable()
         from nvhook.modes.prestart import run  # not cli: typer costs ~30 ms of imports
 
         try:

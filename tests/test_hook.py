@@ -29,8 +29,10 @@ def undocumented():
                   and o.__module__ == name and (o.__doc__ or "").startswith(o.__name__ + "("))
 def report(code, via="exit"):
     heavy = sorted({m.split(".")[0] for m in sys.modules} & set(HEAVY))
+    import gc
     print(json.dumps({"code": code, "via": via, "heavy": heavy, "modules": sorted(sys.modules),
-                      "undocumented": undocumented()}), file=sys.stderr, flush=True)
+                      "undocumented": undocumented(), "gc": gc.isenabled()}),
+          file=sys.stderr, flush=True)
 real_execve, real_exit = os.execve, os._exit
 def execve(*args):
     report("exec")
@@ -116,6 +118,7 @@ def test_gpu_request_takes_the_full_path(node: Node, tmp_path: Path, env: list[s
     # Exits skip the interpreter's teardown of the GPU path's modules (entry.leave: ~11 ms);
     # an allow handed on execs the delegate, which skips it as well.
     assert out["via"] == ("exit" if code == "exec" else "_exit")
+    assert out["gc"] is False  # no cyclic collection passes over the imports (entry.main)
     assert "nvhook.decision.decide" in out["modules"]  # the full path ran
     # The full hook path runs without the typer app, and a valid state needs no jsonschema;
     # a container with no CRI pod identity never loads the kubelet's gRPC client, and one
