@@ -402,20 +402,48 @@ def test_podman_cdi_device(policy: str, runs: bool, nodes: list[str], granted: l
     assert line["granted"] == granted
 
 
-def test_podman_precreate_rewrite_removes_the_cdi_node(podman: Podman, tmp_path: Path) -> None:
+def precreate_hooks(tmp_path: Path, tables: str) -> Path:
+    """A hooks dir whose one entry runs nvhook's precreate stage, over the fake GPUs as an
+    inventory file, with ``tables`` (policy, kubernetes) in its config."""
     from builders import INVENTORY_JSON
 
     inventory = tmp_path / "inventory.json"
     inventory.write_text(json.dumps(INVENTORY_JSON))
     config = tmp_path / "config.toml"
-    config.write_text(f'[policy]\nmode = "rewrite"\ndeny = ["{GPU1}"]\n'
-                      f'[inventory]\nsource = "file"\nfile = "{inventory}"\n'
-                      f'[delegate]\npath = ""\n[audit]\npath = "{tmp_path / "audit.jsonl"}"\n')
+    config.write_text(f'{tables}\n[inventory]\nsource = "file"\nfile = "{inventory}"\n'
+                      f'[delegate]\npath = ""\n[audit]\npath = "{tmp_path / "audit.jsonl"}"\n'
+                      f'syslog-socket = "{tmp_path / "syslog.sock"}"\n')
     hook = {"path": str(NVHOOK), "args": ["nvhook", "--config", str(config), "precreate"],
             "env": ["PATH=/usr/bin:/bin"], "timeout": 10}
-    hooks_dir = write_hooks_dir(tmp_path / "hooks", "nvrw-precreate", hook, stages=["precreate"])
+    return write_hooks_dir(tmp_path / "hooks", "nvrw-precreate", hook, stages=["precreate"])
+
+
+def test_podman_precreate_rewrite_removes_the_cdi_node(podman: Podman, tmp_path: Path) -> None:
+    hooks_dir = precreate_hooks(tmp_path, f'[policy]\nmode = "rewrite"\ndeny = ["{GPU1}"]')
     with cdi_spec_installed():
         result = podman.run(hooks_dir, SHOW, extra=["--device", "nvidia.com/gpu=1"])
     assert result.returncode == 0, result.stderr
     assert nodes_shown(result.stdout) == ["195:255 nvidiactl"]
     assert audit(tmp_path)[0]["granted"] == []
+
+
+@pytest.mark.parametrize(("pod", "nodes", "granted"), [
+    P("gpu1-pod", ["195:1 nvidia1", "195:255 nvidiactl"], [GPU1],
+      id="allocated GPU 1, --device nvidia.com/gpu=1: kept"),
+    P("gpu0-pod", ["195:255 nvidiactl"], [],
+      id="allocated GPU 0, --device nvidia.com/gpu=1: the node is removed before creation"),
+])
+def test_podman_precreate_binds_the_cdi_node_to_the_allocation(
+        pod: str, nodes: list[str], granted: list[str], podman: Podman, kubelet: TestKubelet,
+        tmp_path: Path) -> None:
+    """Podman applies the CDI device, then precreate judges the spec it is about to create,
+    with the pod's kubelet allocation (its CRI identity set by --annotation)."""
+    hooks_dir = precreate_hooks(tmp_path, f'[policy]\nmode = "rewrite"\n'
+                                          f'{kube_table(tmp_path, kubelet)}')
+    with cdi_spec_installed():
+        result = podman.run(hooks_dir, SHOW, extra=["--device", "nvidia.com/gpu=1"],
+                            annotations=containerd_annotations("team-a", pod, UID, "main"))
+    assert result.returncode == 0, result.stderr
+    assert nodes_shown(result.stdout) == nodes
+    (line,) = audit(tmp_path)
+    assert (line["granted"], line["pod"]) == (granted, pod)
