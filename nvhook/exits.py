@@ -27,16 +27,17 @@ def fail(message: str, status: ExitStatus, notes: tuple[str, ...] = ()) -> NoRet
         except (OSError, ValueError):
             # stderr is gone (a closed pipe, a full disk): the status is all that is left,
             # and it must still say "denied" rather than "internal error".
-            _silence_stderr()
+            to_devnull(2)
             break
     sys.exit(int(status))
 
 
-def _silence_stderr() -> None:
-    """Point fd 2 at /dev/null, so the interpreter's flush at exit cannot fail again."""
+def to_devnull(fd: int) -> None:
+    """Point ``fd`` (a standard stream whose reader is gone) at /dev/null, so that the
+    interpreter's own flush at exit cannot fail again and print "Exception ignored"."""
     with contextlib.suppress(OSError, ValueError):
         devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, 2)
+        os.dup2(devnull, fd)
 
 
 def describe(exc: BaseException) -> tuple[str, ExitStatus, tuple[str, ...]]:
@@ -51,12 +52,8 @@ def describe(exc: BaseException) -> tuple[str, ExitStatus, tuple[str, ...]]:
 
 
 def stop_quietly() -> NoReturn:
-    """stdout's reader is gone (``| head``): nothing is wrong, so nothing is said. stdout
-    is pointed at /dev/null first, or the interpreter's own flush at exit would fail again
-    and print its "Exception ignored" lines."""
-    with contextlib.suppress(OSError, ValueError):
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, 1)
+    """stdout's reader is gone (``| head``): nothing is wrong, so nothing is said."""
+    to_devnull(1)
     sys.exit(int(ExitStatus.PIPE))
 
 
