@@ -555,6 +555,24 @@ def write_hooks_dir(
     return dir
 
 
+def precreate_hooks(tmp_path: Path, inventory: Mapping[str, Any], tables: str = ""
+                    ) -> tuple[Path, Path]:
+    """(hooks dir whose one entry runs nvhook's precreate stage, its nvhook config): GPUs
+    from ``inventory`` (the dry-run file format), ``tables`` (policy, kubernetes) on top,
+    the audit log and syslog socket in ``tmp_path``."""
+    inventory_file = tmp_path / "inventory.json"
+    inventory_file.write_text(json.dumps(inventory))
+    config = tmp_path / "config.toml"
+    config.write_text(f'{tables}\n[inventory]\nsource = "file"\nfile = "{inventory_file}"\n'
+                      f'[delegate]\npath = ""\n[audit]\npath = "{tmp_path / "audit.jsonl"}"\n'
+                      f'syslog-socket = "{tmp_path / "syslog.sock"}"\n')
+    nvhook = Path(sys.executable).with_name("nvhook")
+    hook = {"path": str(nvhook), "args": ["nvhook", "--config", str(config), "precreate"],
+            "env": ["PATH=/usr/bin:/bin"], "timeout": 10}
+    return write_hooks_dir(tmp_path / "hooks", "nvrw-precreate", hook,
+                           stages=["precreate"]), config
+
+
 # --------------------------------------------------------------------------------------------
 # Podman
 # --------------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from typing import Any
 
 import fakenvml
 import pytest
+from builders import INVENTORY_JSON
 from kubelet import Ctr, TestKubelet, containerd_annotations
 
 from .harness import (
@@ -35,8 +36,8 @@ from .harness import (
     Recorder,
     find_binary,
     new_container_id,
+    precreate_hooks,
     run_runc,
-    write_hooks_dir,
 )
 
 pytestmark = pytest.mark.e2e
@@ -219,8 +220,6 @@ def shim_create(bundle: Path, config: Path, tmp_path: Path) -> tuple[int, str, s
 
 def shim_config(tmp_path: Path, policy: str, kube: str = "", inventory_extra: str = "") -> Path:
     inventory = tmp_path / "inventory.json"
-    from builders import INVENTORY_JSON
-
     inventory.write_text(json.dumps(INVENTORY_JSON))
     config = tmp_path / "nvhook.toml"
     config.write_text(f'version = 1\n{policy}\n[inventory]\nsource = "file"\nfile = "{inventory}"\n'
@@ -402,24 +401,10 @@ def test_podman_cdi_device(policy: str, runs: bool, nodes: list[str], granted: l
     assert line["granted"] == granted
 
 
-def precreate_hooks(tmp_path: Path, tables: str) -> Path:
-    """A hooks dir whose one entry runs nvhook's precreate stage, over the fake GPUs as an
-    inventory file, with ``tables`` (policy, kubernetes) in its config."""
-    from builders import INVENTORY_JSON
-
-    inventory = tmp_path / "inventory.json"
-    inventory.write_text(json.dumps(INVENTORY_JSON))
-    config = tmp_path / "config.toml"
-    config.write_text(f'{tables}\n[inventory]\nsource = "file"\nfile = "{inventory}"\n'
-                      f'[delegate]\npath = ""\n[audit]\npath = "{tmp_path / "audit.jsonl"}"\n'
-                      f'syslog-socket = "{tmp_path / "syslog.sock"}"\n')
-    hook = {"path": str(NVHOOK), "args": ["nvhook", "--config", str(config), "precreate"],
-            "env": ["PATH=/usr/bin:/bin"], "timeout": 10}
-    return write_hooks_dir(tmp_path / "hooks", "nvrw-precreate", hook, stages=["precreate"])
-
 
 def test_podman_precreate_rewrite_removes_the_cdi_node(podman: Podman, tmp_path: Path) -> None:
-    hooks_dir = precreate_hooks(tmp_path, f'[policy]\nmode = "rewrite"\ndeny = ["{GPU1}"]')
+    hooks_dir, _ = precreate_hooks(tmp_path, INVENTORY_JSON,
+                                   f'[policy]\nmode = "rewrite"\ndeny = ["{GPU1}"]')
     with cdi_spec_installed():
         result = podman.run(hooks_dir, SHOW, extra=["--device", "nvidia.com/gpu=1"])
     assert result.returncode == 0, result.stderr
@@ -438,8 +423,8 @@ def test_podman_precreate_binds_the_cdi_node_to_the_allocation(
         tmp_path: Path) -> None:
     """Podman applies the CDI device, then precreate judges the spec it is about to create,
     with the pod's kubelet allocation (its CRI identity set by --annotation)."""
-    hooks_dir = precreate_hooks(tmp_path, f'[policy]\nmode = "rewrite"\n'
-                                          f'{kube_table(tmp_path, kubelet)}')
+    hooks_dir, _ = precreate_hooks(tmp_path, INVENTORY_JSON,
+                                   f'[policy]\nmode = "rewrite"\n{kube_table(tmp_path, kubelet)}')
     with cdi_spec_installed():
         result = podman.run(hooks_dir, SHOW, extra=["--device", "nvidia.com/gpu=1"],
                             annotations=containerd_annotations("team-a", pod, UID, "main"))

@@ -7,35 +7,24 @@ not show the hook's stderr (containers/common discards it unless `run.oci.hooks.
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 
 import pytest
 from syslogd import Syslog
 
-from .harness import Podman, write_hooks_dir
+from .harness import Podman, precreate_hooks
 
 pytestmark = pytest.mark.e2e
 
-NVHOOK = Path(sys.executable).with_name("nvhook")
 GPUS = [f"GPU-{i:08x}-0000-4000-8000-{i:012x}" for i in range(4)]
 
 
 @pytest.fixture
 def hooks(tmp_path: Path) -> tuple[Path, Path]:
     """(hooks dir with nvhook's precreate entry, nvhook config)."""
-    inventory = tmp_path / "inventory.json"
-    inventory.write_text(json.dumps({"gpus": [
+    return precreate_hooks(tmp_path, {"gpus": [
         {"uuid": u, "pci_bus_id": f"00000000:{0x10 + i:02x}:00.0"} for i, u in enumerate(GPUS)
-    ]}))
-    config = tmp_path / "config.toml"
-    config.write_text(f'[inventory]\nsource = "file"\nfile = "{inventory}"\n'
-                      f'[delegate]\npath = ""\n[audit]\npath = "{tmp_path / "audit.jsonl"}"\n'
-                      f'syslog-socket = "{tmp_path / "syslog.sock"}"\n')
-    hook = {"path": str(NVHOOK), "args": ["nvhook", "--config", str(config), "precreate"],
-            "env": ["PATH=/usr/bin:/bin"], "timeout": 10}
-    return write_hooks_dir(tmp_path / "hooks", "nvrw-precreate", hook, stages=["precreate"]), config
+    ]})
 
 
 def test_container_env_is_the_decided_one(podman: Podman, hooks: tuple[Path, Path]) -> None:
