@@ -85,6 +85,13 @@ BAD_SPECS = [
       "minor: expected a number", id="minor a boolean"),
     P({**GOOD, "containerEdits": {"deviceNodes": [{"path": "/dev/x", "hostPath": 1}]}},
       "hostPath: expected a path", id="hostPath a number"),
+    P({**GOOD, "containerEdits": {"deviceNodes": [{"path": "/dev/x", "Major": 195}]}},
+      'Go\'s JSON reads it as "major"', id="a field in another case: Go reads it, Python not"),
+    P({**GOOD, "containerEdits": {"DeviceNodes": [{"path": "/dev/x"}]}},
+      'Go\'s JSON reads it as "deviceNodes"', id="deviceNodes folded"),
+    P({**GOOD, "containerEdits": {"deviceNodes": [{"path": "/dev/x", "minor": 0,
+                                                    "MINOR": 1}]}},
+      "MINOR", id="two keys Go folds together"),  # named either way, by key order
 ]
 
 

@@ -26,6 +26,7 @@ from typing import Any
 
 from nvhook import bounded
 from nvhook.errors import AllocationError
+from nvhook.oci import gojson
 
 # A spec is a few KiB; a node's spec directories hold a handful of them.
 MAX_SPEC_BYTES = 4 * 1024 * 1024
@@ -71,9 +72,21 @@ def split_name(name: str) -> tuple[str, str] | None:
     return kind, device
 
 
+# The fields of CDI's Go types (container-device-interface specs-go) that nvhook reads. The
+# CDI library decodes a spec with Go's JSON (YAML through sigs.k8s.io/yaml, which converts
+# to JSON first), which matches keys case-insensitively: a spec where that reading and
+# Python's could differ is refused, never judged by the wrong reading.
+GO_FIELDS = frozenset({"cdiVersion", "kind", "devices", "name", "containerEdits",
+                       "deviceNodes", "path", "hostPath", "type", "major", "minor"})
+
+
 def parse(data: bytes, where: Path) -> Spec:
     """One spec file's content. Raises ``AllocationError`` naming the file and the field."""
     doc = _decode(data, where)
+    why = gojson.ambiguity_of(doc, GO_FIELDS)
+    if why is not None:
+        raise AllocationError(f"CDI spec {where}: {why}; the CDI library (Go) could read the "
+                              "spec otherwise than nvhook, so it is not used")
     if not isinstance(doc, dict):
         raise AllocationError(f"CDI spec {where}: expected an object")
     version = doc.get("cdiVersion")
@@ -103,7 +116,7 @@ def parse(data: bytes, where: Path) -> Spec:
 def _decode(data: bytes, where: Path) -> object:
     if where.suffix == ".json":
         try:
-            return json.loads(data)
+            return json.loads(data, object_pairs_hook=gojson.pairs_hook)
         except (ValueError, RecursionError) as e:
             raise AllocationError(f"CDI spec {where}: not valid JSON: {e}") from None
     import yaml  # YAML specs only (CDI's default encoding)

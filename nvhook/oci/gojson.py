@@ -232,9 +232,14 @@ def ambiguity(text: str, fields: frozenset[str]) -> str | None:
     is treated as a struct, so a map whose keys differ only in case is refused too; no real
     file has one. Raises ``json.JSONDecodeError`` as ``json.loads`` does.
     """
+    return ambiguity_of(json.loads(text, object_pairs_hook=pairs_hook), fields)
+
+
+def ambiguity_of(doc: Any, fields: frozenset[str]) -> str | None:
+    """``ambiguity`` for a document already parsed (with ``pairs_hook``, so that repeated
+    keys are seen; a document from another parser is checked for folded keys only)."""
     by_fold = {go_fold(f): f for f in fields}
-    stack: list[tuple[Any, tuple[str | int, ...]]] = [
-        (json.loads(text, object_pairs_hook=pairs_hook), ())]
+    stack: list[tuple[Any, tuple[str | int, ...]]] = [(doc, ())]
     while stack:
         value, path = stack.pop()
         if isinstance(value, list):
